@@ -1,0 +1,753 @@
+//! The config file: TOML text in, a validated [`Config`] out.
+//!
+//! Loading happens in three steps. (1) toml parses the text into `Raw*` structs whose every
+//! field is [`Spanned`], with `deny_unknown_fields`; syntax and structure errors are reworded
+//! by [`Source`]. (2) Each raw value is parsed into its domain type ([`PublicKey`], [`Cidr`],
+//! ...) and range-checked, with the span of the value for the error. (3) Cross-checks that need
+//! the whole file: unique peer names and keys, no peer using our own key, no allowed-ips shared
+//! by two peers.
+//!
+//! Key files are read here (relative paths resolve against the config file's directory) and
+//! refused if group or others may read them, like sshd does with host keys. Nothing here
+//! touches the network.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+use zeroize::Zeroizing;
+
+use crate::error::{ConfigError, Scope, Source};
+use crate::{
+    Cidr, Endpoint, InterfaceName, KeyError, PresharedKey, PrivateKey, PublicKey, DEFAULT_MTU,
+};
+
+/// A validated configuration: one interface and its peers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from, as given to [`Config::load`] or [`Config::parse`].
+    pub path: PathBuf,
+    /// The `[interface]` table.
+    pub interface: Interface,
+    /// The `[[peer]]` tables, in file order. May be empty.
+    pub peers: Vec<Peer>,
+}
+
+/// The local end: `[interface]`.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// `name`, or the config file's stem when absent.
+    pub name: InterfaceName,
+    /// From `private-key-file` (relative to the config file's directory) or `private-key`.
+    pub private_key: PrivateKey,
+    /// `listen-port` (1-65535); `None` lets the OS pick.
+    pub listen_port: Option<u16>,
+    /// `address`: the interface's own addresses, host bits included. May be empty.
+    pub addresses: Vec<Cidr>,
+    /// `mtu`, default [`DEFAULT_MTU`]; 576-65535, and at least 1280 with an IPv6 address.
+    pub mtu: u16,
+}
+
+impl Peer {
+    /// Whether `ip` falls inside one of this peer's allowed-ips.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allowed_ips.iter().any(|cidr| cidr.contains(ip))
+    }
+}
+
+impl Interface {
+    /// Our public key (what remote sites put in their `public-key`).
+    pub fn public_key(&self) -> PublicKey {
+        self.private_key.public_key()
+    }
+}
+
+/// A remote site: one `[[peer]]` table.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Unique, 1-63 characters of `[A-Za-z0-9._-]`; used in logs and status.
+    pub name: String,
+    /// Unique, and never our own public key.
+    pub public_key: PublicKey,
+    /// From `preshared-key-file` or `preshared-key`.
+    pub preshared_key: Option<PresharedKey>,
+    /// Where to send handshakes first; `None` waits for the peer to contact us.
+    pub endpoint: Option<Endpoint>,
+    /// Destinations routed to this peer and sources accepted from it: no host bits, no
+    /// duplicates, no overlap with another peer's.
+    pub allowed_ips: Vec<Cidr>,
+    /// Seconds between keepalives (1-65535); `None` disables them.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Config {
+    /// Reads, permission-checks, parses and validates the config file at `path`.
+    ///
+    /// On top of [`Config::parse`], refuses a file that holds an inline `private-key` or
+    /// `preshared-key` while group or others have any permission on it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (text, mode) = read_config_file(path)?;
+        let (config, inline_secret) = parse_config(&text, path)?;
+        if let Some(secret) = inline_secret {
+            if mode & 0o077 != 0 {
+                let source = Source { path, text: &text };
+                return Err(source.error(
+                    secret.span,
+                    secret.scope,
+                    secret.key,
+                    format!(
+                        "the config file holds an inline {} but is readable by group or others \
+                         (mode {:04o}); run: chmod 600 {} (or move the key to {}-file)",
+                        secret.what,
+                        mode & 0o7777,
+                        path.display(),
+                        secret.key
+                    ),
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config `text` as if it had been read from `path`.
+    ///
+    /// `path` names the file in errors, gives the default interface name (its stem) and the
+    /// directory that relative key file paths start from. Key files are read and
+    /// permission-checked; the config file itself is not touched.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        parse_config(text, path).map(|(config, _)| config)
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<(String, u32), ConfigError> {
+    let io_error = |e: io::Error| ConfigError::file(path, "cannot read config file").with_source(e);
+    let mut file = File::open(path).map_err(io_error)?;
+    // Permissions from the open handle, so they belong to the bytes we read.
+    let mode = file.metadata().map_err(io_error)?.permissions().mode();
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io_error)?;
+    Ok((text, mode))
+}
+
+/// Where the config holds a secret inline, for the permission check in [`Config::load`].
+struct InlineSecret {
+    span: Range<usize>,
+    scope: Scope,
+    key: &'static str,
+    what: &'static str,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 1: the raw shape of the file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a table")]
+struct RawConfig {
+    interface: Spanned<RawInterface>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a table")]
+struct RawInterface {
+    name: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    private_key: Option<Spanned<String>>,
+    listen_port: Option<Spanned<Int>>,
+    #[serde(default)]
+    address: Vec<Spanned<String>>,
+    mtu: Option<Spanned<Int>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a table")]
+struct RawPeer {
+    name: Spanned<String>,
+    public_key: Spanned<String>,
+    preshared_key_file: Option<Spanned<String>>,
+    preshared_key: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    allowed_ips: Vec<Spanned<String>>,
+    persistent_keepalive: Option<Spanned<Int>>,
+}
+
+/// Any TOML integer, kept wide so that range errors are ours ("listen-port: 70000 is out of
+/// range") rather than serde's ("expected u16").
+#[derive(Clone, Copy)]
+struct Int(i128);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Int;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u128<E>(self, v: u128) -> Result<Int, E> {
+                Ok(Int(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `value` as a `T` if it lies in `range`.
+fn in_range<T: TryFrom<i128>>(value: &Spanned<Int>, range: Range<i128>) -> Option<T> {
+    let v = value.get_ref().0;
+    range.contains(&v).then(|| T::try_from(v).ok())?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps 2 and 3: raw values into domain types, then whole-file checks.
+
+fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>), ConfigError> {
+    let source = Source { path, text };
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| source.syntax_error(&e))?;
+    let raw = RawConfig::deserialize(deserializer).map_err(|e| source.serde_error(&e))?;
+
+    let mut inline_secret = None;
+    let interface = build_interface(&source, raw.interface, &mut inline_secret)?;
+    let own_public_key = interface.public_key();
+
+    let mut peers: Vec<Peer> = Vec::with_capacity(raw.peer.len());
+    // Per accepted peer: the line of its `name` and `public-key`, and its allowed-ips lines.
+    let mut seen: Vec<PeerLines> = Vec::with_capacity(raw.peer.len());
+    for (index, raw_peer) in raw.peer.into_iter().enumerate() {
+        let (peer, lines) = build_peer(
+            &source,
+            index,
+            raw_peer.into_inner(),
+            &own_public_key,
+            &peers,
+            &seen,
+            &mut inline_secret,
+        )?;
+        peers.push(peer);
+        seen.push(lines);
+    }
+
+    let config = Config {
+        path: path.to_owned(),
+        interface,
+        peers,
+    };
+    Ok((config, inline_secret))
+}
+
+/// Lines of an accepted peer's values, so a later conflict can point back at them.
+struct PeerLines {
+    name: usize,
+    public_key: usize,
+    allowed_ips: Vec<usize>,
+}
+
+fn build_interface(
+    source: &Source<'_>,
+    raw: Spanned<RawInterface>,
+    inline_secret: &mut Option<InlineSecret>,
+) -> Result<Interface, ConfigError> {
+    let header = raw.span();
+    let raw = raw.into_inner();
+    let scope = Scope::Interface;
+    let err = |span: Range<usize>, key: &str, message: String| {
+        source.error(span, scope.clone(), key, message)
+    };
+
+    let name = match &raw.name {
+        Some(name) => name
+            .get_ref()
+            .parse::<InterfaceName>()
+            .map_err(|e| err(name.span(), "name", e.to_string()))?,
+        None => {
+            default_name(source.path).map_err(|message| err(header.clone(), "name", message))?
+        }
+    };
+
+    let private_key = match (&raw.private_key, &raw.private_key_file) {
+        (Some(inline), Some(file)) => {
+            let (later, key) = later_of(inline, "private-key", file, "private-key-file");
+            return Err(err(
+                later,
+                key,
+                "set either private-key or private-key-file, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                header,
+                "private-key-file",
+                format!(
+                    "required key is missing; set private-key-file = \"/etc/sitelink/{name}.key\" \
+                     (create it with `umask 077; sitelinkctl genkey > /etc/sitelink/{name}.key`), \
+                     or an inline private-key"
+                ),
+            ));
+        }
+        (Some(inline), None) => {
+            inline_secret.get_or_insert(InlineSecret {
+                span: inline.span(),
+                scope: scope.clone(),
+                key: "private-key",
+                what: "private key",
+            });
+            parse_key::<PrivateKey>(inline.get_ref(), KeyKind::Private)
+                .map_err(|message| err(inline.span(), "private-key", message))?
+        }
+        (None, Some(file)) => {
+            read_key_file(source, file, &scope, "private-key-file", KeyKind::Private)?
+        }
+    };
+
+    let listen_port = match &raw.listen_port {
+        None => None,
+        Some(port) => Some(in_range::<u16>(port, 1..65536).ok_or_else(|| {
+            err(
+                port.span(),
+                "listen-port",
+                format!(
+                    "{} is out of range; use a UDP port in 1-65535, or omit listen-port to \
+                     let the system pick one",
+                    port.get_ref().0
+                ),
+            )
+        })?),
+    };
+
+    let mut addresses: Vec<Cidr> = Vec::with_capacity(raw.address.len());
+    for text in &raw.address {
+        let cidr = text.get_ref().parse::<Cidr>().map_err(|e| {
+            err(
+                text.span(),
+                "address",
+                format!("{e}; expected an address with its prefix, e.g. \"198.18.100.1/24\""),
+            )
+        })?;
+        if addresses.contains(&cidr) {
+            return Err(err(
+                text.span(),
+                "address",
+                format!("{cidr} is listed twice; remove one"),
+            ));
+        }
+        addresses.push(cidr);
+    }
+
+    let mtu = match &raw.mtu {
+        None => DEFAULT_MTU,
+        Some(mtu) => {
+            let value = in_range::<u16>(mtu, 576..65536).ok_or_else(|| {
+                err(
+                    mtu.span(),
+                    "mtu",
+                    format!(
+                        "{} is out of range; use 576-65535 (default {DEFAULT_MTU})",
+                        mtu.get_ref().0
+                    ),
+                )
+            })?;
+            if let Some(v6) = addresses
+                .iter()
+                .find(|a| !a.is_ipv4())
+                .filter(|_| value < 1280)
+            {
+                return Err(err(
+                    mtu.span(),
+                    "mtu",
+                    format!(
+                        "{value} is below 1280, the IPv6 minimum, and address {v6} is IPv6; \
+                         use at least 1280 (default {DEFAULT_MTU})"
+                    ),
+                ));
+            }
+            value
+        }
+    };
+
+    Ok(Interface {
+        name,
+        private_key,
+        listen_port,
+        addresses,
+        mtu,
+    })
+}
+
+/// The interface name implied by the config file name (`/etc/sitelink/sl0.toml` → `sl0`).
+fn default_name(path: &Path) -> Result<InterfaceName, String> {
+    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+        return Err(format!(
+            "no name is set and the config file name {:?} gives none; set name = \"sl0\" in \
+             [interface]",
+            path.display().to_string()
+        ));
+    };
+    stem.parse().map_err(|e| {
+        format!(
+            "no name is set and the config file name {stem:?} is not a valid interface name \
+             ({e}); set name = \"sl0\" in [interface]"
+        )
+    })
+}
+
+/// The span and key of whichever of two conflicting keys comes later in the file.
+fn later_of<'k, T>(
+    a: &Spanned<T>,
+    a_key: &'k str,
+    b: &Spanned<T>,
+    b_key: &'k str,
+) -> (Range<usize>, &'k str) {
+    if a.span().start > b.span().start {
+        (a.span(), a_key)
+    } else {
+        (b.span(), b_key)
+    }
+}
+
+fn build_peer(
+    source: &Source<'_>,
+    index: usize,
+    raw: RawPeer,
+    own_public_key: &PublicKey,
+    earlier: &[Peer],
+    earlier_lines: &[PeerLines],
+    inline_secret: &mut Option<InlineSecret>,
+) -> Result<(Peer, PeerLines), ConfigError> {
+    let line_of = |span: Range<usize>| crate::error::line_col(source.text, span.start).0;
+
+    let name = raw.name.get_ref();
+    if let Err(message) = check_peer_name(name) {
+        let scope = Scope::Peer { index, name: None };
+        return Err(source.error(raw.name.span(), scope, "name", message));
+    }
+    let scope = Scope::Peer {
+        index,
+        name: Some(name.clone()),
+    };
+    let err = |span: Range<usize>, key: &str, message: String| {
+        source.error(span, scope.clone(), key, message)
+    };
+    if let Some(other) = earlier.iter().position(|p| &p.name == name) {
+        return Err(err(
+            raw.name.span(),
+            "name",
+            format!(
+                "duplicate peer name; line {} already uses it and peer names must be unique",
+                earlier_lines[other].name
+            ),
+        ));
+    }
+
+    let public_key = parse_key::<PublicKey>(raw.public_key.get_ref(), KeyKind::Public)
+        .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
+    if &public_key == own_public_key {
+        return Err(err(
+            raw.public_key.span(),
+            "public-key",
+            "this is the interface's own public key; set the remote site's public key \
+             (run `sitelinkctl pubkey < its-private-key-file` there)"
+                .into(),
+        ));
+    }
+    if let Some(other) = earlier.iter().position(|p| p.public_key == public_key) {
+        return Err(err(
+            raw.public_key.span(),
+            "public-key",
+            format!(
+                "peer {:?} (line {}) already has this public key; each peer needs its own",
+                earlier[other].name, earlier_lines[other].public_key
+            ),
+        ));
+    }
+
+    let preshared_key = match (&raw.preshared_key, &raw.preshared_key_file) {
+        (Some(inline), Some(file)) => {
+            let (later, key) = later_of(inline, "preshared-key", file, "preshared-key-file");
+            return Err(err(
+                later,
+                key,
+                "set either preshared-key or preshared-key-file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+        (Some(inline), None) => {
+            inline_secret.get_or_insert(InlineSecret {
+                span: inline.span(),
+                scope: scope.clone(),
+                key: "preshared-key",
+                what: "preshared key",
+            });
+            Some(
+                parse_key::<PresharedKey>(inline.get_ref(), KeyKind::Preshared)
+                    .map_err(|message| err(inline.span(), "preshared-key", message))?,
+            )
+        }
+        (None, Some(file)) => Some(read_key_file(
+            source,
+            file,
+            &scope,
+            "preshared-key-file",
+            KeyKind::Preshared,
+        )?),
+    };
+
+    let endpoint = match &raw.endpoint {
+        None => None,
+        Some(text) => Some(
+            text.get_ref()
+                .parse::<Endpoint>()
+                .map_err(|e| err(text.span(), "endpoint", e.to_string()))?,
+        ),
+    };
+
+    let mut allowed_ips: Vec<Cidr> = Vec::with_capacity(raw.allowed_ips.len());
+    let mut allowed_lines = Vec::with_capacity(raw.allowed_ips.len());
+    for text in &raw.allowed_ips {
+        let span = text.span();
+        let cidr = text.get_ref().parse::<Cidr>().map_err(|e| {
+            err(
+                span.clone(),
+                "allowed-ips",
+                format!("{e}; expected a network such as \"198.19.2.0/24\" or \"fd19:2::/64\""),
+            )
+        })?;
+        if cidr.has_host_bits() {
+            return Err(err(
+                span,
+                "allowed-ips",
+                format!("{cidr} has host bits set; did you mean {}?", cidr.network()),
+            ));
+        }
+        if allowed_ips.contains(&cidr) {
+            return Err(err(
+                span,
+                "allowed-ips",
+                format!("{cidr} is listed twice; remove one"),
+            ));
+        }
+        let clash = earlier.iter().zip(earlier_lines).find_map(|(peer, lines)| {
+            let (theirs, line) = peer
+                .allowed_ips
+                .iter()
+                .zip(&lines.allowed_ips)
+                .find(|(theirs, _)| theirs.overlaps(&cidr))?;
+            Some((peer, theirs, line))
+        });
+        if let Some((peer, theirs, line)) = clash {
+            return Err(err(
+                span,
+                "allowed-ips",
+                format!(
+                    "{cidr} overlaps {theirs} of peer {:?} (line {line}); a destination can be \
+                     routed to only one peer, so remove or narrow one of them",
+                    peer.name
+                ),
+            ));
+        }
+        allowed_lines.push(line_of(span));
+        allowed_ips.push(cidr);
+    }
+
+    let persistent_keepalive = match &raw.persistent_keepalive {
+        None => None,
+        Some(value) if value.get_ref().0 == 0 => {
+            return Err(err(
+                value.span(),
+                "persistent-keepalive",
+                "0 is not allowed; omit the key to disable keepalives".into(),
+            ));
+        }
+        Some(value) => Some(in_range::<u16>(value, 1..65536).ok_or_else(|| {
+            err(
+                value.span(),
+                "persistent-keepalive",
+                format!(
+                    "{} is out of range; use 1-65535 seconds (25 is typical behind NAT), or \
+                     omit the key to disable keepalives",
+                    value.get_ref().0
+                ),
+            )
+        })?),
+    };
+
+    let lines = PeerLines {
+        name: line_of(raw.name.span()),
+        public_key: line_of(raw.public_key.span()),
+        allowed_ips: allowed_lines,
+    };
+    let peer = Peer {
+        name: name.clone(),
+        public_key,
+        preshared_key,
+        endpoint,
+        allowed_ips,
+        persistent_keepalive,
+    };
+    Ok((peer, lines))
+}
+
+/// Peer names appear in logs, status output and metrics labels: keep them plain.
+fn check_peer_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "use 1-63 letters, digits, `.`, `_` or `-`, e.g. \"site-b\"";
+    if name.is_empty() {
+        return Err(format!("peer name is empty; {RULE}"));
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+    {
+        return Err(format!("peer name {name:?} contains {ch:?}; {RULE}"));
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "peer name is {} characters long; {RULE}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Which key a string is meant to be, for the hint after a decoding error.
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Private,
+    Public,
+    Preshared,
+}
+
+impl KeyKind {
+    fn file_description(self) -> &'static str {
+        match self {
+            KeyKind::Private => "private key file",
+            KeyKind::Public => "public key file",
+            KeyKind::Preshared => "preshared key file",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            KeyKind::Private => {
+                "(a WireGuard private key is 44 base64 characters, e.g. from `sitelinkctl genkey`)"
+            }
+            KeyKind::Public => {
+                "(a WireGuard key is 44 base64 characters, e.g. from \
+                 `sitelinkctl genkey | sitelinkctl pubkey`)"
+            }
+            KeyKind::Preshared => {
+                "(a preshared key is 44 base64 characters, e.g. from `wg genpsk` or \
+                 `head -c 32 /dev/urandom | base64`)"
+            }
+        }
+    }
+}
+
+/// Parses a key, turning the error into a message with a hint. Never echoes `text`.
+fn parse_key<K: FromStr<Err = KeyError>>(text: &str, kind: KeyKind) -> Result<K, String> {
+    text.parse()
+        .map_err(|e: KeyError| format!("{e} {}", kind.hint()))
+}
+
+/// Reads and parses the key file named by `file` (the value of `key`), refusing one that group
+/// or others may access.
+fn read_key_file<K: FromStr<Err = KeyError>>(
+    source: &Source<'_>,
+    file: &Spanned<String>,
+    scope: &Scope,
+    key: &str,
+    kind: KeyKind,
+) -> Result<K, ConfigError> {
+    let err = |message: String| source.error(file.span(), scope.clone(), key, message);
+    if file.get_ref().is_empty() {
+        return Err(err(format!(
+            "empty path; set it to the {}, e.g. \"/etc/sitelink/sl0.key\"",
+            kind.file_description()
+        )));
+    }
+    let dir = source.path.parent().unwrap_or(Path::new(""));
+    let path = dir.join(file.get_ref());
+    let shown = path.display();
+    let contents = match read_secret_file(&path) {
+        Ok(contents) => contents,
+        Err(SecretFileError::Io(e)) => {
+            let hint = match (e.kind(), kind) {
+                (io::ErrorKind::NotFound, KeyKind::Private) => {
+                    format!(" (create it with `umask 077; sitelinkctl genkey > {shown}`)")
+                }
+                _ => String::new(),
+            };
+            return Err(err(format!(
+                "cannot read {} {shown}{hint}",
+                kind.file_description()
+            ))
+            .with_source(e));
+        }
+        Err(SecretFileError::NotAFile) => {
+            return Err(err(format!(
+                "{shown} is not a regular file; point {key} at the {}",
+                kind.file_description()
+            )));
+        }
+        Err(SecretFileError::Mode(mode)) => {
+            return Err(err(format!(
+                "{shown}: {} is readable by group or others (mode {mode:04o}); run: chmod 600 \
+                 {shown}",
+                kind.file_description()
+            )));
+        }
+    };
+    let text = std::str::from_utf8(&contents).map_err(|_| KeyError::NotBase64);
+    text.and_then(|t| t.trim().parse()).map_err(|e: KeyError| {
+        err(format!(
+            "{shown}: {e} {} (the file must hold only the key)",
+            kind.hint()
+        ))
+    })
+}
+
+enum SecretFileError {
+    Io(io::Error),
+    NotAFile,
+    Mode(u32),
+}
+
+/// Key files are one line; anything much longer is the wrong file, so stop reading there.
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// Reads a file that holds a secret, after checking (on the open handle) that it is a regular
+/// file with no permissions for group or others. The buffer is wiped when dropped.
+fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
+    let file = File::open(path).map_err(SecretFileError::Io)?;
+    let metadata = file.metadata().map_err(SecretFileError::Io)?;
+    if !metadata.is_file() {
+        return Err(SecretFileError::NotAFile);
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SecretFileError::Mode(mode));
+    }
+    // Room for the whole read up front: a reallocation would leave an unwiped copy behind.
+    let mut contents = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 64));
+    file.take(MAX_KEY_FILE_LEN)
+        .read_to_end(&mut contents)
+        .map_err(SecretFileError::Io)?;
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1043 @@
+//! Config loading: the happy path, one test per validation error (each asserting file, line,
+//! section and key in the message), and key/config file permissions.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+const PATH: &str = "/etc/sitelink/sl0.toml";
+
+/// RFC 7748 section 6.1, Alice: our interface key in these tests.
+fn alice() -> PrivateKey {
+    let hex = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    PrivateKey::from_bytes(bytes)
+}
+
+fn alice_b64() -> String {
+    alice().expose_base64()
+}
+
+fn new_public() -> String {
+    PrivateKey::generate().public_key().to_string()
+}
+
+/// A minimal `[interface]` with an inline key, 2 lines long; peers start on line 4.
+fn interface() -> String {
+    format!("[interface]\nprivate-key = \"{}\"\n", alice_b64())
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new(PATH))
+}
+
+/// Asserts that `text` fails at `line` with `scope_key` (e.g. `peer "site-b": public-key`) and
+/// every needle in the message, and that the message never contains our private key.
+#[track_caller]
+fn expect_error(text: &str, line: usize, scope_key: &str, needles: &[&str]) -> ConfigError {
+    let error = match parse(text) {
+        Ok(_) => panic!("config parsed but should fail at line {line}:\n{text}"),
+        Err(e) => e,
+    };
+    check_error(&error, PATH, line, scope_key, needles);
+    error
+}
+
+#[track_caller]
+fn check_error(error: &ConfigError, path: &str, line: usize, scope_key: &str, needles: &[&str]) {
+    let message = error.to_string();
+    let prefix = format!("{path}:{line}:");
+    assert!(
+        message.starts_with(&prefix),
+        "expected prefix {prefix:?} in: {message}"
+    );
+    assert_eq!(error.line(), Some(line), "{message}");
+    assert!(
+        scope_key.is_empty() || message.contains(&format!(": {scope_key}: ")),
+        "expected {scope_key:?} in: {message}"
+    );
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "expected {needle:?} in: {message}"
+        );
+    }
+    assert!(
+        !message.contains(&alice_b64()),
+        "key material in: {message}"
+    );
+}
+
+/// A temporary `/etc/sitelink`.
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+
+    fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = self.0.path().join(name);
+        fs::write(&path, contents).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Valid configs.
+
+#[test]
+fn full_config_with_key_files_loads() {
+    let dir = Dir::new();
+    dir.write("sl0.key", &format!("{}\n", alice_b64()), 0o600);
+    let psk_b = PresharedKey::generate();
+    let psk_c = PresharedKey::generate();
+    let psk_b_path = dir.write("site-b.psk", &format!("{}\n", psk_b.expose_base64()), 0o600);
+    let (pub_b, pub_c) = (new_public(), new_public());
+    let text = format!(
+        r#"# site A
+[interface]
+private-key-file = "sl0.key"    # relative to this file
+listen-port = 51820
+address = ["198.18.100.1/24", "fd18:100::1/64"]
+
+[[peer]]
+name = "site-b"
+public-key = "{pub_b}"
+preshared-key-file = "{}"
+endpoint = "gw-b.example.net:51820"
+allowed-ips = ["198.18.100.2/32", "198.19.2.0/24", "fd19:2::/64"]
+persistent-keepalive = 25
+
+[[peer]]
+name = "site-c"
+public-key = "{pub_c}"
+preshared-key = "{}"
+endpoint = "[fd00::3]:51820"
+allowed-ips = ["198.19.3.0/24"]
+"#,
+        psk_b_path.display(),
+        psk_c.expose_base64()
+    );
+    let path = dir.write("sl0.toml", &text, 0o600);
+
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.path, path);
+    let iface = &config.interface;
+    assert_eq!(iface.name.as_str(), "sl0", "name defaults to the file stem");
+    assert_eq!(iface.private_key.as_bytes(), alice().as_bytes());
+    assert_eq!(
+        iface.public_key().to_hex(),
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    );
+    assert_eq!(iface.listen_port, Some(51820));
+    assert_eq!(
+        iface.addresses,
+        vec![
+            "198.18.100.1/24".parse::<Cidr>().unwrap(),
+            "fd18:100::1/64".parse().unwrap()
+        ]
+    );
+    assert_eq!(iface.mtu, DEFAULT_MTU);
+    assert_eq!(iface.mtu, 1420);
+
+    assert_eq!(config.peers.len(), 2);
+    let b = &config.peers[0];
+    assert_eq!(b.name, "site-b");
+    assert_eq!(b.public_key.to_string(), pub_b);
+    assert_eq!(
+        b.preshared_key.as_ref().unwrap().as_bytes(),
+        psk_b.as_bytes()
+    );
+    let endpoint = b.endpoint.as_ref().unwrap();
+    assert_eq!(
+        (endpoint.host(), endpoint.port()),
+        ("gw-b.example.net", 51820)
+    );
+    assert_eq!(
+        b.allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["198.18.100.2/32", "198.19.2.0/24", "fd19:2::/64"]
+    );
+    assert_eq!(b.persistent_keepalive, Some(25));
+    assert!(b.allows("198.19.2.9".parse().unwrap()));
+    assert!(!b.allows("198.19.3.9".parse().unwrap()));
+
+    let c = &config.peers[1];
+    assert_eq!(c.name, "site-c");
+    assert_eq!(c.public_key.to_string(), pub_c);
+    assert_eq!(
+        c.preshared_key.as_ref().unwrap().as_bytes(),
+        psk_c.as_bytes()
+    );
+    assert_eq!(
+        c.endpoint.as_ref().unwrap().ip(),
+        Some("[fd00::3]:51820".parse().unwrap())
+    );
+    assert_eq!(c.persistent_keepalive, None);
+}
+
+#[test]
+fn minimal_config_with_inline_key_and_defaults() {
+    let text = format!("{}address = []\n", interface());
+    let config = parse(&text).unwrap();
+    assert_eq!(config.path, Path::new(PATH));
+    assert_eq!(config.interface.name.as_str(), "sl0");
+    assert_eq!(config.interface.listen_port, None);
+    assert_eq!(config.interface.mtu, 1420);
+    assert!(config.interface.addresses.is_empty());
+    assert!(config.peers.is_empty(), "zero peers is valid");
+    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+
+    // Without `address` at all, and with an explicit name and MTU.
+    let text = format!(
+        "[interface]\nname = \"wan0\"\nprivate-key = \"{}\"\nmtu = 1280\nlisten-port = 65535\n",
+        alice_b64()
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.interface.name.as_str(), "wan0");
+    assert_eq!(config.interface.mtu, 1280);
+    assert_eq!(config.interface.listen_port, Some(65535));
+    assert!(config.interface.addresses.is_empty());
+}
+
+#[test]
+fn peer_without_optional_keys_and_empty_allowed_ips() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"a\"\npublic-key = \"{}\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    let config = parse(&text).unwrap();
+    let peer = &config.peers[0];
+    assert!(peer.preshared_key.is_none());
+    assert!(peer.endpoint.is_none());
+    assert!(peer.allowed_ips.is_empty());
+    assert!(peer.persistent_keepalive.is_none());
+}
+
+#[test]
+fn key_files_may_have_surrounding_whitespace() {
+    let dir = Dir::new();
+    dir.write("k", &format!("{}\r\n\n", alice_b64()), 0o400);
+    let text = "[interface]\nprivate-key-file = \"k\"\n";
+    let path = dir.write("wg0.toml", text, 0o644);
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.interface.name.as_str(), "wg0");
+    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TOML-level errors.
+
+#[test]
+fn toml_syntax_error() {
+    let text = format!("{}listen-port = \n", interface());
+    let error = expect_error(&text, 3, "", &[]);
+    assert!(error.to_string().contains("TOML syntax error"), "{error}");
+
+    let text = format!("{}\n[[peer]]\nname = \"unterminated\n", interface());
+    expect_error(&text, 5, "", &["TOML syntax error"]);
+}
+
+#[test]
+fn syntax_error_does_not_echo_the_line() {
+    // toml's own Display quotes the offending line, which here holds the key.
+    let text = format!("[interface]\nprivate-key = \"{}\" x\n", alice_b64());
+    expect_error(&text, 2, "", &["TOML syntax error"]);
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    let text = format!("{}mtu = 1400\nmtu = 1500\n", interface());
+    expect_error(&text, 4, "", &["duplicate key"]);
+}
+
+#[test]
+fn unknown_key_in_interface_lists_allowed_keys() {
+    let text = format!("{}listen_port = 51820\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: listen_port",
+        &[
+            "unknown key",
+            "`listen-port`",
+            "`private-key-file`",
+            "`mtu`",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_peer_names_the_peer() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\nallowed-ips = []\nkeepalive = 25\n",
+        interface(),
+        new_public()
+    );
+    let error = expect_error(
+        &text,
+        8,
+        "peer \"site-b\": keepalive",
+        &["unknown key", "`persistent-keepalive`", "`allowed-ips`"],
+    );
+    assert_eq!(error.peer(), Some("site-b"));
+    assert_eq!(error.key(), Some("keepalive"));
+}
+
+#[test]
+fn unknown_table() {
+    let text = format!("{}\n[peers]\nname = \"x\"\n", interface());
+    expect_error(&text, 4, "peers", &["unknown key", "`interface` or `peer`"]);
+}
+
+#[test]
+fn missing_required_key_in_peer() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\nallowed-ips = []\n",
+        interface()
+    );
+    expect_error(
+        &text,
+        4,
+        "peer \"site-b\": public-key",
+        &["required key is missing", "sitelinkctl pubkey"],
+    );
+
+    let text = format!(
+        "{}\n[[peer]]\npublic-key = \"{}\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    expect_error(&text, 4, "peer #1: name", &["required key is missing"]);
+
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        4,
+        "peer \"site-b\": allowed-ips",
+        &["required key is missing", "198.19.2.0/24"],
+    );
+}
+
+#[test]
+fn missing_interface_table() {
+    let text = format!(
+        "[[peer]]\nname = \"x\"\npublic-key = \"{}\"\nallowed-ips = []\n",
+        new_public()
+    );
+    let error = expect_error(
+        &text,
+        1,
+        "interface",
+        &["required key is missing", "[interface]"],
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{PATH}:1:1: interface: ")),
+        "{error}"
+    );
+    expect_error("", 1, "interface", &["required key is missing"]);
+}
+
+#[test]
+fn wrong_types() {
+    let text = format!("{}mtu = \"1420\"\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: mtu",
+        &["wrong type: expected an integer, found a string"],
+    );
+
+    let text = format!("{}listen-port = 51820.0\n", interface());
+    expect_error(&text, 3, "interface: listen-port", &["expected an integer"]);
+
+    let text = format!("{}address = \"198.18.100.1/24\"\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: address",
+        &["expected an array, found a string"],
+    );
+
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.2.0/24\", 7]\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        7,
+        "peer \"b\": allowed-ips",
+        &["expected a string, found integer `7`"],
+    );
+
+    let text = format!("{}\n[peer]\nname = \"b\"\n", interface());
+    expect_error(&text, 4, "peer", &["write [[peer]]"]);
+}
+
+#[test]
+fn wrong_type_never_echoes_string_values() {
+    // A key pasted into the wrong place must not end up in logs.
+    let text = format!("{}mtu = \"{}\"\n", interface(), new_public());
+    let error = parse(&text).unwrap_err().to_string();
+    assert!(
+        !error.contains(&text[text.len() - 46..text.len() - 2]),
+        "{error}"
+    );
+    assert!(error.contains("found a string"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys.
+
+#[test]
+fn bad_base64_public_key() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"not base64!\"\nallowed-ips = []\n",
+        interface()
+    );
+    let error = expect_error(
+        &text,
+        6,
+        "peer \"site-b\": public-key",
+        &["not valid base64", "44 base64 characters"],
+    );
+    assert_eq!(error.column(), Some(14));
+}
+
+#[test]
+fn wrong_length_public_key_matches_documented_message() {
+    use base64::Engine as _;
+    let short = base64::engine::general_purpose::STANDARD.encode([7u8; 31]);
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{short}\"\nallowed-ips = []\n",
+        interface()
+    );
+    let error = parse(&text).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "/etc/sitelink/sl0.toml:6:14: peer \"site-b\": public-key: decodes to 31 bytes, \
+         expected 32 (a WireGuard key is 44 base64 characters, e.g. from \
+         `sitelinkctl genkey | sitelinkctl pubkey`)"
+    );
+}
+
+#[test]
+fn bad_inline_private_key_is_not_echoed() {
+    let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXM=";
+    let text = format!("[interface]\nprivate-key = \"{secret}\"\n");
+    let error = expect_error(
+        &text,
+        2,
+        "interface: private-key",
+        &["decodes to 29 bytes, expected 32", "sitelinkctl genkey"],
+    );
+    assert!(!error.to_string().contains(secret));
+}
+
+#[test]
+fn bad_preshared_key() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\npreshared-key = \"abc\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        7,
+        "peer \"b\": preshared-key",
+        &["not valid base64", "preshared key is 44 base64 characters"],
+    );
+}
+
+#[test]
+fn both_private_key_forms() {
+    let text = format!("{}private-key-file = \"sl0.key\"\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: private-key-file",
+        &["set either private-key or private-key-file, not both"],
+    );
+}
+
+#[test]
+fn neither_private_key_form() {
+    let text = "# comment\n[interface]\nlisten-port = 51820\n";
+    expect_error(
+        text,
+        2,
+        "interface: private-key-file",
+        &[
+            "required key is missing",
+            "/etc/sitelink/sl0.key",
+            "private-key",
+        ],
+    );
+}
+
+#[test]
+fn both_preshared_key_forms() {
+    let psk = PresharedKey::generate().expose_base64();
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\npreshared-key-file = \"b.psk\"\n\
+         preshared-key = \"{psk}\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    let error = expect_error(
+        &text,
+        8,
+        "peer \"b\": preshared-key",
+        &["set either preshared-key or preshared-key-file, not both"],
+    );
+    assert!(!error.to_string().contains(&psk));
+}
+
+#[test]
+fn peer_key_equal_to_own_public_key() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"loop\"\npublic-key = \"{}\"\nallowed-ips = []\n",
+        interface(),
+        alice().public_key()
+    );
+    expect_error(
+        &text,
+        6,
+        "peer \"loop\": public-key",
+        &["the interface's own public key"],
+    );
+}
+
+#[test]
+fn duplicate_public_key() {
+    let key = new_public();
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{key}\"\nallowed-ips = []\n\n\
+         [[peer]]\nname = \"c\"\npublic-key = \"{key}\"\nallowed-ips = []\n",
+        interface()
+    );
+    expect_error(
+        &text,
+        11,
+        "peer \"c\": public-key",
+        &["peer \"b\" (line 6) already has this public key"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers.
+
+#[test]
+fn duplicate_peer_name() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = []\n\n\
+         [[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = []\n",
+        interface(),
+        new_public(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        10,
+        "peer \"b\": name",
+        &["duplicate peer name", "line 5"],
+    );
+}
+
+#[test]
+fn bad_peer_name() {
+    let text = format!(
+        "{}\n[[peer]]\npublic-key = \"{}\"\nname = \"site b\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    expect_error(&text, 6, "peer #1: name", &["contains ' '", "1-63 letters"]);
+
+    let long = "x".repeat(64);
+    let text = format!(
+        "{}\n[[peer]]\nname = \"{long}\"\npublic-key = \"{}\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    expect_error(&text, 5, "peer #1: name", &["64 characters long"]);
+}
+
+#[test]
+fn overlapping_allowed_ips_between_peers() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\n\
+         allowed-ips = [\"198.18.100.2/32\", \"198.19.2.0/24\"]\n\n\
+         [[peer]]\nname = \"site-c\"\npublic-key = \"{}\"\n\
+         allowed-ips = [\n  \"198.19.3.0/24\",\n  \"198.19.2.128/25\",\n]\n",
+        interface(),
+        new_public(),
+        new_public()
+    );
+    let error = expect_error(
+        &text,
+        14,
+        "peer \"site-c\": allowed-ips",
+        &[
+            "198.19.2.128/25 overlaps 198.19.2.0/24 of peer \"site-b\" (line 7)",
+            "only one peer",
+        ],
+    );
+    assert_eq!(error.column(), Some(3));
+}
+
+#[test]
+fn overlapping_ipv6_allowed_ips_between_peers() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"::/0\"]\n\n\
+         [[peer]]\nname = \"c\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.3.0/24\", \"fd19:3::/64\"]\n",
+        interface(),
+        new_public(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        12,
+        "peer \"c\": allowed-ips",
+        &["fd19:3::/64 overlaps ::/0 of peer \"b\""],
+    );
+}
+
+#[test]
+fn bad_cidr_in_allowed_ips() {
+    let cases = [
+        ("198.19.2/24", "`198.19.2` is not an IPv4 or IPv6 address"),
+        ("198.19.2.0/", "missing prefix length"),
+        (
+            "198.19.2.0/33",
+            "prefix length /33 is longer than the 32 bits",
+        ),
+        (
+            "fd19::/129",
+            "prefix length /129 is longer than the 128 bits",
+        ),
+    ];
+    for (cidr, needle) in cases {
+        let text = format!(
+            "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"{cidr}\"]\n",
+            interface(),
+            new_public()
+        );
+        expect_error(&text, 7, "peer \"b\": allowed-ips", &[needle]);
+    }
+}
+
+#[test]
+fn host_bits_in_allowed_ips() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.2.1/24\"]\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        7,
+        "peer \"site-b\": allowed-ips",
+        &["198.19.2.1/24 has host bits set; did you mean 198.19.2.0/24?"],
+    );
+
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"fd19:2::1/64\"]\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        7,
+        "peer \"b\": allowed-ips",
+        &["did you mean fd19:2::/64?"],
+    );
+}
+
+#[test]
+fn duplicate_allowed_ip_within_a_peer() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.2.0/24\", \"198.19.2.0/24\"]\n",
+        interface(),
+        new_public()
+    );
+    let error = expect_error(
+        &text,
+        7,
+        "peer \"b\": allowed-ips",
+        &["198.19.2.0/24 is listed twice"],
+    );
+    assert_eq!(error.column(), Some(33));
+}
+
+#[test]
+fn bad_endpoint() {
+    let cases = [
+        ("fd00::1:51820", "IPv6 address must be in brackets"),
+        ("gw-b.example.net", "missing `:port`"),
+        ("198.18.0.2:0", "port 0 is not allowed"),
+        (
+            "198.18.0.2:70000",
+            "port `70000` is not a number in 1-65535",
+        ),
+        ("gw_b:51820", "host `gw_b` is not"),
+    ];
+    for (endpoint, needle) in cases {
+        let text = format!(
+            "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nendpoint = \"{endpoint}\"\nallowed-ips = []\n",
+            interface(),
+            new_public()
+        );
+        expect_error(&text, 7, "peer \"b\": endpoint", &[needle]);
+    }
+}
+
+#[test]
+fn keepalive_out_of_range() {
+    for (value, needle) in [
+        ("0", "0 is not allowed; omit the key to disable"),
+        ("65536", "65536 is out of range; use 1-65535 seconds"),
+        ("-5", "-5 is out of range"),
+    ] {
+        let text = format!(
+            "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = []\npersistent-keepalive = {value}\n",
+            interface(),
+            new_public()
+        );
+        expect_error(&text, 8, "peer \"b\": persistent-keepalive", &[needle]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interface values.
+
+#[test]
+fn listen_port_out_of_range() {
+    for value in ["0", "65536", "-1", "99999999999999999999"] {
+        let text = format!("{}listen-port = {value}\n", interface());
+        expect_error(
+            &text,
+            3,
+            "interface: listen-port",
+            &[&format!(
+                "{value} is out of range; use a UDP port in 1-65535"
+            )],
+        );
+    }
+}
+
+#[test]
+fn mtu_out_of_range() {
+    for value in ["575", "65536", "0"] {
+        let text = format!("{}mtu = {value}\n", interface());
+        expect_error(
+            &text,
+            3,
+            "interface: mtu",
+            &[&format!("{value} is out of range; use 576-65535")],
+        );
+    }
+    // 576 is fine for IPv4 only.
+    let text = format!(
+        "{}address = [\"198.18.100.1/24\"]\nmtu = 576\n",
+        interface()
+    );
+    assert_eq!(parse(&text).unwrap().interface.mtu, 576);
+}
+
+#[test]
+fn mtu_below_ipv6_minimum() {
+    let text = format!(
+        "{}address = [\"198.18.100.1/24\", \"fd18:100::1/64\"]\nmtu = 1279\n",
+        interface()
+    );
+    expect_error(
+        &text,
+        4,
+        "interface: mtu",
+        &["1279 is below 1280", "fd18:100::1/64 is IPv6"],
+    );
+}
+
+#[test]
+fn bad_interface_address() {
+    let text = format!(
+        "{}address = [\"198.18.100.1/24\", \"fd18:100::1/200\"]\n",
+        interface()
+    );
+    expect_error(
+        &text,
+        3,
+        "interface: address",
+        &["prefix length /200", "e.g. \"198.18.100.1/24\""],
+    );
+    let text = format!(
+        "{}address = [\"10.0.0.1/8\", \"10.0.0.1/8\"]\n",
+        interface()
+    );
+    expect_error(&text, 3, "interface: address", &["listed twice"]);
+}
+
+#[test]
+fn bad_interface_name() {
+    let text = format!("{}name = \"this-name-is-too-long\"\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: name",
+        &["is 21 characters long; Linux allows at most 15"],
+    );
+    let text = format!("{}name = \"sl/0\"\n", interface());
+    expect_error(&text, 3, "interface: name", &["contains '/'"]);
+}
+
+#[test]
+fn bad_file_stem_asks_for_name() {
+    let path = "/etc/sitelink/my site config.toml";
+    let error = Config::parse(&format!("\n{}", interface()), Path::new(path)).unwrap_err();
+    check_error(
+        &error,
+        path,
+        2,
+        "interface: name",
+        &[
+            "\"my site config\" is not a valid interface name",
+            "set name = \"sl0\"",
+        ],
+    );
+    // An explicit name makes the stem irrelevant.
+    let text = format!("{}name = \"sl1\"\n", interface());
+    let config = Config::parse(&text, Path::new(path)).unwrap();
+    assert_eq!(config.interface.name.as_str(), "sl1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key files and permissions.
+
+#[test]
+fn missing_private_key_file_names_file_and_key() {
+    let dir = Dir::new();
+    let text = "[interface]\nprivate-key-file = \"missing.key\"\n";
+    let path = dir.write("sl0.toml", text, 0o600);
+    let error = Config::load(&path).unwrap_err();
+    let key_path = dir.0.path().join("missing.key");
+    check_error(
+        &error,
+        &path.display().to_string(),
+        2,
+        "interface: private-key-file",
+        &[
+            &format!("cannot read private key file {}", key_path.display()),
+            "sitelinkctl genkey >",
+        ],
+    );
+    let source = std::error::Error::source(&error).unwrap().to_string();
+    assert!(source.contains("No such file"), "{source}");
+}
+
+#[test]
+fn missing_preshared_key_file_names_file_and_key() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\npreshared-key-file = \"/nonexistent/b.psk\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    expect_error(
+        &text,
+        7,
+        "peer \"b\": preshared-key-file",
+        &["cannot read preshared key file /nonexistent/b.psk"],
+    );
+}
+
+#[test]
+fn key_file_that_is_a_directory() {
+    let dir = Dir::new();
+    fs::create_dir(dir.0.path().join("keys")).unwrap();
+    let path = dir.write(
+        "sl0.toml",
+        "[interface]\nprivate-key-file = \"keys\"\n",
+        0o600,
+    );
+    let error = Config::load(&path).unwrap_err();
+    assert!(
+        error.to_string().contains("is not a regular file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bad_key_file_contents() {
+    let dir = Dir::new();
+    dir.write("sl0.key", "garbage\n", 0o600);
+    let path = dir.write(
+        "sl0.toml",
+        "[interface]\nprivate-key-file = \"sl0.key\"\n",
+        0o600,
+    );
+    let error = Config::load(&path).unwrap_err();
+    check_error(
+        &error,
+        &path.display().to_string(),
+        2,
+        "interface: private-key-file",
+        &[
+            &format!(
+                "{}: not valid base64",
+                dir.0.path().join("sl0.key").display()
+            ),
+            "must hold only the key",
+        ],
+    );
+}
+
+#[test]
+fn group_readable_private_key_file_is_refused() {
+    let dir = Dir::new();
+    let key_path = dir.write("sl0.key", &alice_b64(), 0o644);
+    let path = dir.write(
+        "sl0.toml",
+        "[interface]\nprivate-key-file = \"sl0.key\"\n",
+        0o600,
+    );
+    let error = Config::load(&path).unwrap_err();
+    let shown = key_path.display();
+    check_error(
+        &error,
+        &path.display().to_string(),
+        2,
+        "interface: private-key-file",
+        &[&format!(
+            "{shown}: private key file is readable by group or others (mode 0644); \
+             run: chmod 600 {shown}"
+        )],
+    );
+
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(Config::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("mode 0640"));
+
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        Config::load(&path)
+            .unwrap()
+            .interface
+            .private_key
+            .as_bytes(),
+        alice().as_bytes()
+    );
+}
+
+#[test]
+fn world_readable_preshared_key_file_is_refused() {
+    let dir = Dir::new();
+    let psk_path = dir.write("b.psk", &PresharedKey::generate().expose_base64(), 0o604);
+    let text = format!(
+        "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\npreshared-key-file = \"b.psk\"\nallowed-ips = []\n",
+        interface(),
+        new_public()
+    );
+    let config_path = dir.0.path().join("sl0.toml");
+    let error = Config::parse(&text, &config_path).unwrap_err();
+    check_error(
+        &error,
+        &config_path.display().to_string(),
+        7,
+        "peer \"b\": preshared-key-file",
+        &[&format!(
+            "preshared key file is readable by group or others (mode 0604); run: chmod 600 {}",
+            psk_path.display()
+        )],
+    );
+    fs::set_permissions(&psk_path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::parse(&text, &config_path).unwrap().peers[0]
+        .preshared_key
+        .is_some());
+}
+
+#[test]
+fn readable_config_with_inline_private_key_is_refused() {
+    let dir = Dir::new();
+    let path = dir.write("sl0.toml", &interface(), 0o644);
+    let error = Config::load(&path).unwrap_err();
+    let shown = path.display().to_string();
+    check_error(
+        &error,
+        &shown,
+        2,
+        "interface: private-key",
+        &[
+            "inline private key",
+            "readable by group or others (mode 0644)",
+            &format!("run: chmod 600 {shown}"),
+        ],
+    );
+
+    // parse() does not look at the config file's permissions.
+    assert!(Config::parse(&interface(), &path).is_ok());
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::load(&path).is_ok());
+}
+
+#[test]
+fn readable_config_with_inline_preshared_key_is_refused() {
+    let dir = Dir::new();
+    dir.write("sl0.key", &alice_b64(), 0o600);
+    let text = format!(
+        "[interface]\nprivate-key-file = \"sl0.key\"\n\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\n\
+         preshared-key = \"{}\"\nallowed-ips = []\n",
+        new_public(),
+        PresharedKey::generate().expose_base64()
+    );
+    let path = dir.write("sl0.toml", &text, 0o640);
+    let error = Config::load(&path).unwrap_err();
+    check_error(
+        &error,
+        &path.display().to_string(),
+        7,
+        "peer \"b\": preshared-key",
+        &["inline preshared key", "mode 0640"],
+    );
+}
+
+#[test]
+fn readable_config_without_inline_secrets_is_fine() {
+    let dir = Dir::new();
+    dir.write("sl0.key", &alice_b64(), 0o600);
+    let path = dir.write(
+        "sl0.toml",
+        "[interface]\nprivate-key-file = \"sl0.key\"\n",
+        0o644,
+    );
+    assert!(Config::load(&path).is_ok());
+}
+
+#[test]
+fn missing_config_file_names_the_path() {
+    let dir = Dir::new();
+    let path = dir.0.path().join("nope.toml");
+    let error = Config::load(&path).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("{}: cannot read config file", path.display())
+    );
+    assert!(std::error::Error::source(&error).is_some());
+}

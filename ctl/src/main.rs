@@ -1,0 +1,349 @@
+//! `sitelinkctl`: key generation (byte-compatible with `wg genkey/pubkey/genpsk`) and
+//! management of a running `sitelinkd` over its control socket.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sitelink_config::control::{PeerStatus, Request, Response, Status};
+use sitelink_config::{InterfaceName, PresharedKey, PrivateKey};
+
+/// Control a running sitelinkd and manage keys.
+#[derive(Debug, Parser)]
+#[command(name = "sitelinkctl", version, about)]
+struct Args {
+    /// Interface to talk to (default: the only one running).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SITELINK_INTERFACE",
+        value_name = "NAME"
+    )]
+    interface: Option<InterfaceName>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a new private key (base64) to stdout.
+    Genkey,
+    /// Read a private key from stdin, print its public key.
+    Pubkey,
+    /// Print a new preshared key (base64) to stdout.
+    Genpsk,
+    /// Show the interface and its peers.
+    Show {
+        /// Machine-readable output (the schema is documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sitelinkctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Genkey => {
+            warn_if_stdout_is_readable_by_others();
+            println!("{}", PrivateKey::generate().expose_base64());
+        }
+        Command::Genpsk => {
+            warn_if_stdout_is_readable_by_others();
+            println!("{}", PresharedKey::generate().expose_base64());
+        }
+        Command::Pubkey => {
+            let mut text = String::new();
+            io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .context("cannot read stdin")?;
+            let key: PrivateKey = text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("stdin does not hold a private key: {e}"))?;
+            println!("{}", key.public_key());
+        }
+        Command::Show { json } => {
+            let socket = socket_path(args.interface.as_ref())?;
+            let value = request(&socket, &Request::Show)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let status: Status = serde_json::from_value(value)
+                    .context("the daemon's status does not match this sitelinkctl's version")?;
+                print!("{}", render(&status, SystemTime::now()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Like `wg genkey`: a secret written to a file others can read gets a warning on stderr.
+fn warn_if_stdout_is_readable_by_others() {
+    let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let Ok(meta) = fs::File::from(fd).metadata() else {
+        return;
+    };
+    if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+        eprintln!(
+            "Warning: writing a secret key to a file that group or others can read (mode {:04o}); \
+             set umask 077 first or chmod 600 the file",
+            meta.permissions().mode() & 0o7777
+        );
+    }
+}
+
+/// The control socket for `--interface`, or the only one running.
+fn socket_path(interface: Option<&InterfaceName>) -> Result<PathBuf> {
+    if let Some(name) = interface {
+        return Ok(sitelink_config::control_socket_path(name));
+    }
+    let dir = sitelink_config::run_dir();
+    let mut sockets: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sockets.sort();
+    match sockets.len() {
+        0 => bail!(
+            "sitelinkd is not running: no control socket in {}",
+            dir.display()
+        ),
+        1 => Ok(sockets.remove(0)),
+        _ => {
+            let names: Vec<_> = sockets
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            bail!(
+                "several interfaces are running ({}): pick one with --interface NAME",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+fn request(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        let why = match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                "sitelinkd is not running".to_string()
+            }
+            io::ErrorKind::PermissionDenied => {
+                "permission denied (run as root or a member of the control group)".to_string()
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("{why} (tried {})", socket.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .with_context(|| format!("cannot send to {}", socket.display()))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .with_context(|| format!("no reply from {}", socket.display()))?;
+    match serde_json::from_str::<Response>(&reply)
+        .with_context(|| format!("malformed reply from {}", socket.display()))?
+    {
+        Response::Ok { ok } => Ok(ok),
+        Response::Err { error } => bail!("sitelinkd: {error}"),
+    }
+}
+
+/// Human status in the shape of `wg show`, with peer names, most recent handshake first.
+fn render(status: &Status, now: SystemTime) -> String {
+    let mut out = String::new();
+    let i = &status.interface;
+    out += &format!("interface: {}\n", i.name);
+    out += &format!("  public key: {}\n", i.public_key);
+    out += "  private key: (hidden)\n";
+    out += &format!("  listening port: {}\n", i.listen_port);
+    if !i.addresses.is_empty() {
+        out += &format!("  addresses: {}\n", i.addresses.join(", "));
+    }
+    out += &format!("  mtu: {}\n", i.mtu);
+    let dropped: Vec<String> = i
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if !dropped.is_empty() {
+        out += &format!("  dropped: {}\n", dropped.join(", "));
+    }
+    let mut peers: Vec<&PeerStatus> = status.peers.iter().collect();
+    peers.sort_by(|a, b| {
+        b.latest_handshake
+            .cmp(&a.latest_handshake)
+            .then(a.name.cmp(&b.name))
+    });
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for p in peers {
+        out += &format!("\npeer: {} ({})\n", p.name, p.public_key);
+        if let Some(e) = &p.endpoint {
+            out += &format!("  endpoint: {e}\n");
+        }
+        let ips = if p.allowed_ips.is_empty() {
+            "(none)".to_string()
+        } else {
+            p.allowed_ips.join(", ")
+        };
+        out += &format!("  allowed ips: {ips}\n");
+        match p.latest_handshake {
+            Some(t) => out += &format!("  latest handshake: {}\n", ago(now.saturating_sub(t))),
+            None => out += "  latest handshake: (none)\n",
+        }
+        if p.rx_bytes > 0 || p.tx_bytes > 0 {
+            out += &format!(
+                "  transfer: {} received, {} sent\n",
+                bytes(p.rx_bytes),
+                bytes(p.tx_bytes)
+            );
+        }
+        if let Some(k) = p.persistent_keepalive {
+            out += &format!(
+                "  persistent keepalive: every {}\n",
+                plural(u64::from(k), "second")
+            );
+        }
+    }
+    out
+}
+
+/// "1 minute, 5 seconds ago", as `wg show` prints it.
+fn ago(secs: u64) -> String {
+    if secs == 0 {
+        return "Now".to_string();
+    }
+    let units = [
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+        ("second", 1),
+    ];
+    let mut left = secs;
+    let mut parts = Vec::new();
+    for (name, size) in units {
+        let n = left / size;
+        left %= size;
+        if n > 0 {
+            parts.push(plural(n, name));
+        }
+    }
+    format!("{} ago", parts.join(", "))
+}
+
+fn plural(n: u64, unit: &str) -> String {
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
+/// Bytes in binary units, like `wg show`: "1.50 KiB".
+fn bytes(n: u64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = units[0];
+    for u in &units[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.2} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitelink_config::control::InterfaceStatus;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn durations_and_sizes_read_like_wg_show() {
+        assert_eq!(ago(65), "1 minute, 5 seconds ago");
+        assert_eq!(ago(3600 * 2 + 1), "2 hours, 1 second ago");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.00 MiB");
+    }
+
+    #[test]
+    fn render_sorts_by_handshake_and_hides_secrets() {
+        let peer = |name: &str, hs: Option<u64>| PeerStatus {
+            name: name.into(),
+            public_key: format!("{name}-key"),
+            endpoint: None,
+            allowed_ips: vec!["198.19.2.0/24".into()],
+            latest_handshake: hs,
+            rx_bytes: 2048,
+            tx_bytes: 1,
+            persistent_keepalive: Some(25),
+        };
+        let status = Status {
+            interface: InterfaceStatus {
+                name: "sl0".into(),
+                public_key: "ourkey".into(),
+                listen_port: 51820,
+                addresses: vec!["198.18.100.1/24".into()],
+                mtu: 1420,
+                dropped: BTreeMap::new(),
+            },
+            peers: vec![
+                peer("never", None),
+                peer("old", Some(1000)),
+                peer("new", Some(1900)),
+            ],
+        };
+        let text = render(&status, UNIX_EPOCH + Duration::from_secs(2000));
+        let order: Vec<_> = text.lines().filter(|l| l.starts_with("peer: ")).collect();
+        assert_eq!(
+            order,
+            [
+                "peer: new (new-key)",
+                "peer: old (old-key)",
+                "peer: never (never-key)"
+            ]
+        );
+        assert!(text.contains("latest handshake: 1 minute, 40 seconds ago"));
+        assert!(text.contains("transfer: 2.00 KiB received, 1 B sent"));
+        assert!(text.contains("private key: (hidden)"));
+    }
+}

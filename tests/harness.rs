@@ -1,0 +1,493 @@
+//! Test harness for real topologies in network namespaces.
+//!
+//! Owns: unique names, namespaces and veth links, sitelinkd / wireguard-go processes, and
+//! their cleanup in `Drop` (so a failing test leaves nothing behind), plus checked TCP
+//! transfers run from threads that `setns` into a namespace.
+//!
+//! Addresses are only ever inside namespaces the test created: 198.18.0.0/15 and fd00::/8.
+//! Needs root (CI runs as root); binaries come from the same target directory as the test
+//! (`cargo build --workspace` first; the README's test command does).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `{prefix}{pid}{n}`, at most 15 bytes so it
+/// also serves as an interface name.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "name {name} too long");
+    name
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "namespace tests need root (CI runs them as root)");
+}
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip netns exec <ns> <args...>` as a Command to adjust and run.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(self.cmd("sysctl").args(["-qw", &format!("{key}={value}")]));
+    }
+
+    /// Pings `dst` until one answer arrives or `within` passes. Returns whether it did.
+    pub fn ping_until(&self, dst: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let ok = self
+                .cmd("ping")
+                .args(["-c", "1", "-W", "1", dst])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens live there).
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd, affecting only this thread, which is
+            // ours and runs nothing else.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connects `a` and `b` with a veth pair named `a_if`/`b_if` (names live only in the
+/// namespaces, so they need not be globally unique).
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    run(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]));
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) on drop. Its stderr goes to a log file
+/// that failures print.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let file = fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}):\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("slt"));
+        fs::create_dir_all(&path).expect("temp dir");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).expect("chmod temp dir");
+        Self(path)
+    }
+
+    pub fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, contents).expect("write file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A key pair from `sitelinkctl genkey | sitelinkctl pubkey`.
+pub fn keypair() -> (String, String) {
+    let private =
+        String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genkey")).stdout).unwrap();
+    let private = private.trim().to_string();
+    let mut child = Command::new(bin("sitelinkctl"))
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    (
+        private,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// Deterministic test bytes (xorshift), so the receiver can verify every byte.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends `len` pattern bytes from a client in `client_ns` to a server in `server_ns` at
+/// `server_addr`; the server echoes back the number of bytes that matched the pattern.
+/// Returns (bytes sent, bytes the server verified).
+pub fn tcp_transfer(
+    client_ns: &Netns,
+    server_ns: &Netns,
+    server_addr: SocketAddr,
+    len: usize,
+) -> (usize, usize) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server_ns.within(move || {
+        let listener = TcpListener::bind(server_addr).expect("bind test server");
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let expect = pattern(len, 7);
+        let mut got = Vec::with_capacity(len);
+        conn.read_to_end(&mut got).expect("server read");
+        let matched = if got == expect { got.len() } else { 0 };
+        conn.write_all(&(matched as u64).to_be_bytes())
+            .expect("server reply");
+        (got.len(), matched)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server ready");
+    let client = client_ns.within(move || {
+        let data = pattern(len, 7);
+        let mut conn = TcpStream::connect_timeout(&server_addr, Duration::from_secs(10))
+            .expect("connect through tunnel");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        conn.write_all(&data).expect("client write");
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut reply = [0u8; 8];
+        conn.read_exact(&mut reply).expect("server verdict");
+        u64::from_be_bytes(reply) as usize
+    });
+    let verified_by_client = client.join().expect("client thread");
+    let (received, verified) = server.join().expect("server thread");
+    assert_eq!(verified, verified_by_client);
+    (received, verified)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Two sites: `host_a — gw_a ═ gw_b — host_b`.
+/// LAN A 198.19.1.0/24 + fd19:1::/64, LAN B 198.19.2.0/24 + fd19:2::/64, WAN between the
+/// gateways 198.18.0.0/30 + fd18::/64. Hosts route everything via their gateway. The
+/// tunnel (configured by the test) uses 198.18.100.0/24 and fd18:100::/64.
+pub struct Sites {
+    pub host_a: Netns,
+    pub gw_a: Netns,
+    pub gw_b: Netns,
+    pub host_b: Netns,
+    pub dir: TempDir,
+    pub run_dir: PathBuf,
+}
+
+impl Sites {
+    pub fn new() -> Self {
+        require_root();
+        let s = Self {
+            host_a: Netns::new("sha"),
+            gw_a: Netns::new("sga"),
+            gw_b: Netns::new("sgb"),
+            host_b: Netns::new("shb"),
+            dir: TempDir::new(),
+            run_dir: PathBuf::new(),
+        };
+        let run_dir = s.dir.0.join("run");
+        let s = Self { run_dir, ..s };
+        veth(&s.host_a, "lan0", &s.gw_a, "lan0");
+        veth(&s.gw_a, "wan0", &s.gw_b, "wan0");
+        veth(&s.gw_b, "lan0", &s.host_b, "lan0");
+        for (ns, v4, v6) in [
+            (&s.host_a, "198.19.1.10/24", "fd19:1::10/64"),
+            (&s.gw_a, "198.19.1.1/24", "fd19:1::1/64"),
+            (&s.gw_b, "198.19.2.1/24", "fd19:2::1/64"),
+            (&s.host_b, "198.19.2.10/24", "fd19:2::10/64"),
+        ] {
+            ns.ip(&["addr", "add", v4, "dev", "lan0"]);
+            ns.ip(&["-6", "addr", "add", v6, "dev", "lan0", "nodad"]);
+        }
+        s.gw_a.ip(&["addr", "add", "198.18.0.1/30", "dev", "wan0"]);
+        s.gw_b.ip(&["addr", "add", "198.18.0.2/30", "dev", "wan0"]);
+        s.gw_a
+            .ip(&["-6", "addr", "add", "fd18::1/64", "dev", "wan0", "nodad"]);
+        s.gw_b
+            .ip(&["-6", "addr", "add", "fd18::2/64", "dev", "wan0", "nodad"]);
+        s.host_a
+            .ip(&["route", "add", "default", "via", "198.19.1.1"]);
+        s.host_a
+            .ip(&["-6", "route", "add", "default", "via", "fd19:1::1"]);
+        s.host_b
+            .ip(&["route", "add", "default", "via", "198.19.2.1"]);
+        s.host_b
+            .ip(&["-6", "route", "add", "default", "via", "fd19:2::1"]);
+        for gw in [&s.gw_a, &s.gw_b] {
+            gw.sysctl("net.ipv4.ip_forward", "1");
+            gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+        }
+        s
+    }
+
+    /// Starts sitelinkd in `gw` with `config` (a TOML file path).
+    pub fn sitelinkd(&self, gw: &Netns, config: &Path) -> Process {
+        let mut cmd = gw.cmd(bin("sitelinkd"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("-v")
+            .env("SITELINK_RUN_DIR", &self.run_dir);
+        let log = self.dir.0.join(format!("{}.log", gw.name));
+        Process::spawn("sitelinkd", cmd, log)
+    }
+
+    /// Waits until sitelinkd's control socket for `iface` answers `show`.
+    pub fn wait_ready(&self, daemon: &mut Process, iface: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            daemon.assert_running();
+            if self.ctl(iface, &["show", "--json"]).status.success() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "sitelinkd for {iface} not ready in 20 s:\n{}",
+            daemon.log_text()
+        );
+    }
+
+    pub fn ctl(&self, iface: &str, args: &[&str]) -> Output {
+        Command::new(bin("sitelinkctl"))
+            .args(["--interface", iface])
+            .args(args)
+            .env("SITELINK_RUN_DIR", &self.run_dir)
+            .output()
+            .expect("run sitelinkctl")
+    }
+
+    pub fn show_json(&self, iface: &str) -> serde_json::Value {
+        let out = self.ctl(iface, &["show", "--json"]);
+        assert!(
+            out.status.success(),
+            "show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("show --json is JSON")
+    }
+}
+
+impl Default for Sites {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A sitelink config for a gateway with one peer.
+pub struct GatewayConfig<'a> {
+    pub iface: &'a str,
+    pub key_file: &'a Path,
+    pub port: u16,
+    pub addresses: &'a [&'a str],
+    pub peer_name: &'a str,
+    pub peer_key: &'a str,
+    pub endpoint: Option<&'a str>,
+    pub allowed_ips: &'a [&'a str],
+    pub keepalive: Option<u16>,
+}
+
+impl GatewayConfig<'_> {
+    pub fn toml(&self) -> String {
+        let list = |v: &[&str]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut t = format!(
+            "# test gateway\n[interface]\nname = {:?}\nprivate-key-file = {:?}\nlisten-port = {}\naddress = [{}]\n\n[[peer]]\nname = {:?}\npublic-key = {:?}\nallowed-ips = [{}]\n",
+            self.iface,
+            self.key_file.display().to_string(),
+            self.port,
+            list(self.addresses),
+            self.peer_name,
+            self.peer_key,
+            list(self.allowed_ips)
+        );
+        if let Some(e) = self.endpoint {
+            t += &format!("endpoint = {e:?}\n");
+        }
+        if let Some(k) = self.keepalive {
+            t += &format!("persistent-keepalive = {k}\n");
+        }
+        t
+    }
+}
