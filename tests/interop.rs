@@ -1,1 +1,266 @@
-//! placeholder
+//! sitelinkd on gw_a against wireguard-go (configured with stock `wg`) on gw_b, with
+//! sitelink as initiator and as responder; same reachability and status checks as e2e.
+//! Also: keys are byte-compatible with `wg genkey/pubkey/genpsk`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sitelink_tests::{
+    bin, keypair, run, tcp_transfer, unique, unix_now, GatewayConfig, Netns, Process, Sites,
+};
+
+const MIB: usize = 1 << 20;
+
+fn pipe(cmd: &mut Command, input: &str) -> String {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn keys_are_byte_compatible_with_wg() {
+    let ours =
+        String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genkey")).stdout).unwrap();
+    let wg_pub_of_ours = pipe(Command::new("wg").arg("pubkey"), &ours);
+    let our_pub_of_ours = pipe(Command::new(bin("sitelinkctl")).arg("pubkey"), &ours);
+    assert_eq!(wg_pub_of_ours, our_pub_of_ours);
+
+    let theirs = String::from_utf8(run(Command::new("wg").arg("genkey")).stdout).unwrap();
+    assert_eq!(
+        pipe(Command::new("wg").arg("pubkey"), &theirs),
+        pipe(Command::new(bin("sitelinkctl")).arg("pubkey"), &theirs)
+    );
+    // genpsk: 32 bytes in the same base64 form wg uses (accepted by `wg set` in the
+    // preshared-key interop test below).
+    let psk =
+        String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genpsk")).stdout).unwrap();
+    assert_eq!(psk.trim().len(), 44);
+    assert!(psk.trim().ends_with('='));
+}
+
+/// wireguard-go in `ns` as interface `iface`, configured through `wg set`. The guard
+/// removes its UAPI socket (shared across namespaces) on drop.
+struct WgGo {
+    process: Process,
+    socket: PathBuf,
+}
+
+impl Drop for WgGo {
+    fn drop(&mut self) {
+        self.process.terminate();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wireguard_go(
+    sites: &Sites,
+    ns: &Netns,
+    iface: &str,
+    key_file: &Path,
+    peer_pub: &str,
+    psk_file: Option<&Path>,
+    endpoint: Option<&str>,
+    allowed: &str,
+) -> WgGo {
+    let mut cmd = ns.cmd("wireguard-go");
+    cmd.args(["-f", iface])
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+    let log = sites.dir.0.join(format!("{iface}.log"));
+    let mut process = Process::spawn("wireguard-go", cmd, log);
+    let socket = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        process.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "wireguard-go did not create {}",
+            socket.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut wg = ns.cmd("wg");
+    wg.args(["set", iface, "private-key"]).arg(key_file).args([
+        "listen-port",
+        "51820",
+        "peer",
+        peer_pub,
+    ]);
+    wg.args(["allowed-ips", allowed]);
+    if let Some(psk) = psk_file {
+        wg.arg("preshared-key").arg(psk);
+    }
+    if let Some(e) = endpoint {
+        wg.args(["endpoint", e, "persistent-keepalive", "25"]);
+    }
+    run(&mut wg);
+    ns.ip(&["addr", "add", "198.18.100.2/24", "dev", iface]);
+    ns.ip(&["-6", "addr", "add", "fd18:100::2/64", "dev", iface, "nodad"]);
+    ns.ip(&["link", "set", iface, "mtu", "1420", "up"]);
+    ns.ip(&["route", "add", "198.19.1.0/24", "dev", iface]);
+    ns.ip(&["-6", "route", "add", "fd19:1::/64", "dev", iface]);
+    WgGo { process, socket }
+}
+
+/// Sets up sitelink on gw_a and wireguard-go on gw_b. `sitelink_initiates` decides who
+/// knows whose endpoint; the other side learns it from the handshake.
+fn interop(sitelink_initiates: bool, with_psk: bool) {
+    let sites = Sites::new();
+    let (a_priv, a_pub) = keypair();
+    let b_priv = String::from_utf8(run(Command::new("wg").arg("genkey")).stdout).unwrap();
+    let b_pub = pipe(Command::new("wg").arg("pubkey"), &b_priv);
+    let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
+    let b_key = sites.dir.write("b.key", &b_priv, 0o600);
+    let psk_file = with_psk.then(|| {
+        let psk = String::from_utf8(run(Command::new("wg").arg("genpsk")).stdout).unwrap();
+        sites.dir.write("ab.psk", &psk, 0o600)
+    });
+    let (a_if, b_if) = (unique("sli"), unique("wgi"));
+
+    let conf = GatewayConfig {
+        iface: &a_if,
+        key_file: &a_key,
+        port: 51820,
+        addresses: &["198.18.100.1/24", "fd18:100::1/64"],
+        peer_name: "wg-go",
+        peer_key: &b_pub,
+        endpoint: sitelink_initiates.then_some("198.18.0.2:51820"),
+        allowed_ips: &[
+            "198.18.100.2/32",
+            "198.19.2.0/24",
+            "fd18:100::2/128",
+            "fd19:2::/64",
+        ],
+        keepalive: sitelink_initiates.then_some(25),
+    };
+    let mut toml = conf.toml();
+    if let Some(psk) = &psk_file {
+        toml += &format!("preshared-key-file = {:?}\n", psk.display().to_string());
+    }
+    let a_path = sites.dir.write(&format!("{a_if}.toml"), &toml, 0o600);
+    let mut gw_a = sites.sitelinkd(&sites.gw_a, &a_path);
+    sites.wait_ready(&mut gw_a, &a_if);
+    let _wg = wireguard_go(
+        &sites,
+        &sites.gw_b,
+        &b_if,
+        &b_key,
+        &a_pub,
+        psk_file.as_deref(),
+        (!sitelink_initiates).then_some("198.18.0.1:51820"),
+        "198.18.100.1/32,198.19.1.0/24,fd18:100::1/128,fd19:1::/64",
+    );
+
+    // The first packet goes from the initiator's side.
+    let (first, target) = if sitelink_initiates {
+        (&sites.host_a, "198.19.2.10")
+    } else {
+        (&sites.host_b, "198.19.1.10")
+    };
+    assert!(
+        first.ping_until(target, Duration::from_secs(20)),
+        "no ping through the tunnel\n--- sitelinkd:\n{}",
+        gw_a.log_text()
+    );
+    assert!(
+        sites
+            .host_a
+            .ping_until("fd19:2::10", Duration::from_secs(10)),
+        "no IPv6 ping A→B"
+    );
+    assert!(
+        sites
+            .host_b
+            .ping_until("198.19.1.10", Duration::from_secs(10)),
+        "no IPv4 ping B→A"
+    );
+    assert!(
+        sites
+            .gw_a
+            .ping_until("198.18.100.2", Duration::from_secs(10)),
+        "tunnel address"
+    );
+
+    let (sent, ok) = tcp_transfer(
+        &sites.host_a,
+        &sites.host_b,
+        "198.19.2.10:7003".parse().unwrap(),
+        8 * MIB,
+    );
+    assert_eq!((sent, ok), (8 * MIB, 8 * MIB), "IPv4 TCP A→B");
+    let (sent, ok) = tcp_transfer(
+        &sites.host_b,
+        &sites.host_a,
+        "[fd19:1::10]:7004".parse().unwrap(),
+        4 * MIB,
+    );
+    assert_eq!((sent, ok), (4 * MIB, 4 * MIB), "IPv6 TCP B→A");
+
+    thread::sleep(Duration::from_millis(300));
+    let status = sites.show_json(&a_if);
+    let peer = &status["peers"][0];
+    let hs = peer["latest_handshake"]
+        .as_u64()
+        .expect("handshake time set");
+    assert!(unix_now().abs_diff(hs) < 120);
+    assert!(peer["tx_bytes"].as_u64().unwrap() > 8 * MIB as u64);
+    assert!(peer["rx_bytes"].as_u64().unwrap() > 4 * MIB as u64);
+    assert_eq!(
+        peer["endpoint"], "198.18.0.2:51820",
+        "sitelink's view of wireguard-go's endpoint"
+    );
+
+    // wireguard-go agrees: `wg show dump` has a handshake time and bytes for our key.
+    let dump =
+        String::from_utf8(run(sites.gw_b.cmd("wg").args(["show", &b_if, "dump"])).stdout).unwrap();
+    let line = dump
+        .lines()
+        .find(|l| l.starts_with(&a_pub))
+        .expect("our peer in wg show dump");
+    let f: Vec<&str> = line.split('\t').collect();
+    assert_eq!(
+        f[2], "198.18.0.1:51820",
+        "wireguard-go's view of our endpoint"
+    );
+    assert!(
+        f[4].parse::<u64>().unwrap() > 0,
+        "wireguard-go saw no handshake: {line}"
+    );
+    assert!(
+        f[5].parse::<u64>().unwrap() > 8 * MIB as u64,
+        "wireguard-go rx: {line}"
+    );
+    if with_psk {
+        assert_ne!(f[1], "(none)");
+    }
+    let log = gw_a.log_text();
+    assert!(
+        !log.contains("ERROR") && !log.contains("panicked"),
+        "sitelinkd log:\n{log}"
+    );
+}
+
+#[test]
+fn sitelink_initiates_to_wireguard_go() {
+    interop(true, false);
+}
+
+#[test]
+fn wireguard_go_initiates_to_sitelink_with_preshared_key() {
+    interop(false, true);
+}

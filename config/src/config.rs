@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 use zeroize::Zeroizing;
 
-use crate::error::{ConfigError, Scope, Source};
+use crate::error::{describe, ConfigError, Scope, Source};
 use crate::{
     Cidr, Endpoint, InterfaceName, KeyError, PresharedKey, PrivateKey, PublicKey, DEFAULT_MTU,
 };
@@ -54,13 +55,6 @@ pub struct Interface {
     pub mtu: u16,
 }
 
-impl Peer {
-    /// Whether `ip` falls inside one of this peer's allowed-ips.
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.allowed_ips.iter().any(|cidr| cidr.contains(ip))
-    }
-}
-
 impl Interface {
     /// Our public key (what remote sites put in their `public-key`).
     pub fn public_key(&self) -> PublicKey {
@@ -84,6 +78,13 @@ pub struct Peer {
     pub allowed_ips: Vec<Cidr>,
     /// Seconds between keepalives (1-65535); `None` disables them.
     pub persistent_keepalive: Option<u16>,
+}
+
+impl Peer {
+    /// Whether `ip` falls inside one of this peer's allowed-ips.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allowed_ips.iter().any(|cidr| cidr.contains(ip))
+    }
 }
 
 impl Config {
@@ -219,8 +220,10 @@ fn in_range<T: TryFrom<i128>>(value: &Spanned<Int>, range: Range<i128>) -> Optio
 
 fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>), ConfigError> {
     let source = Source { path, text };
-    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| source.syntax_error(&e))?;
-    let raw = RawConfig::deserialize(deserializer).map_err(|e| source.serde_error(&e))?;
+    let root = DeTable::parse(text).map_err(|e| source.syntax_error(&e))?;
+    check_shape(&source, root.get_ref())?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(root))
+        .map_err(|e| source.serde_error(&e))?;
 
     let mut inline_secret = None;
     let interface = build_interface(&source, raw.interface, &mut inline_secret)?;
@@ -249,6 +252,51 @@ fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>
         peers,
     };
     Ok((config, inline_secret))
+}
+
+/// Checks that `interface` is a table and `peer` an array of tables before serde sees them:
+/// serde would accept an array as a struct and complain about its first field instead.
+fn check_shape(source: &Source<'_>, root: &DeTable<'_>) -> Result<(), ConfigError> {
+    for (key, value) in root {
+        let name: &str = key.get_ref();
+        let found = describe(value.get_ref());
+        match (name, value.get_ref()) {
+            ("interface", DeValue::Table(_)) => {}
+            ("interface", _) => {
+                return Err(source.shape_error(
+                    value.span(),
+                    name,
+                    format!("expected one table, found {found}; write [interface] (single brackets) once"),
+                ));
+            }
+            ("peer", DeValue::Array(peers)) => {
+                if let Some(peer) = peers.iter().find(|p| !p.get_ref().is_table()) {
+                    return Err(source.shape_error(
+                        peer.span(),
+                        name,
+                        format!(
+                            "expected an array of tables, found {} in it; write [[peer]] \
+                             (double brackets) before each peer's keys",
+                            describe(peer.get_ref())
+                        ),
+                    ));
+                }
+            }
+            ("peer", _) => {
+                return Err(source.shape_error(
+                    value.span(),
+                    name,
+                    format!(
+                        "expected an array of tables, found {found}; write [[peer]] (double \
+                         brackets) before each peer's keys"
+                    ),
+                ));
+            }
+            // Unknown top-level keys are reported by serde, with the list of known ones.
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lines of an accepted peer's values, so a later conflict can point back at them.

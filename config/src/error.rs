@@ -6,7 +6,7 @@
 //! key material: callers build messages from key *errors*, not key text, and serde's
 //! `invalid type: string "..."` is rewritten without the string.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,11 @@ use toml::de::{DeTable, DeValue};
 /// An I/O failure keeps the OS error as [`std::error::Error::source`]; print the chain (`{:#}`
 /// with anyhow) to see it.
 #[derive(Debug)]
-pub struct ConfigError {
+pub struct ConfigError(Box<Details>);
+
+/// Boxed so that `Result<_, ConfigError>` stays one pointer wide on the happy path.
+#[derive(Debug)]
+struct Details {
     path: PathBuf,
     position: Option<(usize, usize)>,
     scope: Option<Scope>,
@@ -43,27 +47,27 @@ pub(crate) enum Scope {
 impl ConfigError {
     /// The config file the error is about (as passed to `load`/`parse`).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0.path
     }
 
     /// The 1-based line of the offending key or value, if the error has a place in the file.
     pub fn line(&self) -> Option<usize> {
-        self.position.map(|(line, _)| line)
+        self.0.position.map(|(line, _)| line)
     }
 
     /// The 1-based column (in characters) of the offending key or value.
     pub fn column(&self) -> Option<usize> {
-        self.position.map(|(_, column)| column)
+        self.0.position.map(|(_, column)| column)
     }
 
     /// The config key involved (`public-key`, `allowed-ips`, ...), if any.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.0.key.as_deref()
     }
 
     /// The name of the peer involved, if the error is inside a named `[[peer]]`.
     pub fn peer(&self) -> Option<&str> {
-        match &self.scope {
+        match &self.0.scope {
             Some(Scope::Peer {
                 name: Some(name), ..
             }) => Some(name),
@@ -73,30 +77,30 @@ impl ConfigError {
 
     /// An error about the file as a whole (reading it, its permissions).
     pub(crate) fn file(path: &Path, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Details {
             path: path.to_owned(),
             position: None,
             scope: None,
             key: None,
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     pub(crate) fn with_source(mut self, source: io::Error) -> Self {
-        self.source = Some(source);
+        self.0.source = Some(source);
         self
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some((line, column)) = self.position {
+        write!(f, "{}", self.0.path.display())?;
+        if let Some((line, column)) = self.0.position {
             write!(f, ":{line}:{column}")?;
         }
         f.write_str(": ")?;
-        match &self.scope {
+        match &self.0.scope {
             None => {}
             Some(Scope::Interface) => f.write_str("interface: ")?,
             Some(Scope::Peer {
@@ -104,16 +108,31 @@ impl fmt::Display for ConfigError {
             }) => write!(f, "peer {name:?}: ")?,
             Some(Scope::Peer { index, name: None }) => write!(f, "peer #{}: ", index + 1)?,
         }
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+        if let Some(key) = &self.0.key {
+            write_escaped(f, key)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)
+        write_escaped(f, &self.0.message)
     }
+}
+
+/// Writes `text` with control characters escaped, so that text from the config file (a key
+/// name, a CIDR) cannot break an error into several log lines.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_debug())?;
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_ref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
@@ -135,20 +154,20 @@ impl<'a> Source<'a> {
         key: &str,
         message: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
+        ConfigError(Box::new(Details {
             path: self.path.to_owned(),
             position: Some(line_col(self.text, span.start)),
             scope: Some(scope),
             key: Some(key.to_owned()),
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// A TOML syntax error, with toml's own message but without its source excerpt (which
     /// could echo a key).
     pub fn syntax_error(&self, error: &toml::de::Error) -> ConfigError {
-        ConfigError {
+        ConfigError(Box::new(Details {
             path: self.path.to_owned(),
             position: Some(line_col(
                 self.text,
@@ -158,7 +177,7 @@ impl<'a> Source<'a> {
             key: None,
             message: format!("TOML syntax error: {}", error.message()),
             source: None,
-        }
+        }))
     }
 
     /// A structural error from deserializing the raw config (unknown or missing key, wrong
@@ -188,27 +207,27 @@ impl<'a> Source<'a> {
         } else {
             (place.key, message.to_owned())
         };
-        ConfigError {
+        ConfigError(Box::new(Details {
             path: self.path.to_owned(),
             position: Some(line_col(self.text, offset)),
             scope: place.scope,
             key,
             message,
             source: None,
-        }
+        }))
     }
 
     /// An error about the document's shape that serde would report confusingly (a struct can
     /// be deserialized from an array, so `[[interface]]` would complain about `name`).
     pub fn shape_error(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
-        ConfigError {
+        ConfigError(Box::new(Details {
             path: self.path.to_owned(),
             position: Some(line_col(self.text, span.start)),
             scope: None,
             key: Some(key.to_owned()),
             message,
             source: None,
-        }
+        }))
     }
 }
 
@@ -421,6 +440,11 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "/etc/sitelink/sl0.toml:1:1: peer #3: name: bad"
+        );
+        let error = source.error(0..0, Scope::Interface, "a\nb", "c\td");
+        assert_eq!(
+            error.to_string(),
+            "/etc/sitelink/sl0.toml:1:1: interface: a\\nb: c\\td"
         );
         let error = ConfigError::file(Path::new("/x.toml"), "cannot read config file");
         assert_eq!(error.to_string(), "/x.toml: cannot read config file");

@@ -27,6 +27,9 @@
 //! persistent-keepalive = 25                     # optional, seconds
 //! ```
 
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cidr;
 mod config;
 pub mod control;

@@ -383,11 +383,34 @@ fn wrong_types() {
         &text,
         7,
         "peer \"b\": allowed-ips",
-        &["expected a string, found integer `7`"],
+        &["expected a string, found an integer"],
     );
 
     let text = format!("{}\n[peer]\nname = \"b\"\n", interface());
-    expect_error(&text, 4, "peer", &["write [[peer]]"]);
+    expect_error(&text, 4, "peer", &["found a table; write [[peer]]"]);
+
+    let text = format!("peer = [1]\n{}", interface());
+    expect_error(&text, 1, "peer", &["found an integer in it"]);
+
+    // After [interface], a bare key belongs to that table.
+    let text = format!("{}peer = [1]\n", interface());
+    expect_error(&text, 3, "interface: peer", &["unknown key"]);
+
+    let text = format!("[[interface]]\nprivate-key = \"{}\"\n", alice_b64());
+    expect_error(
+        &text,
+        1,
+        "interface",
+        &["found an array; write [interface]"],
+    );
+
+    let text = format!("{}mtu = 1979-05-27\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: mtu",
+        &["expected an integer, found a date-time"],
+    );
 }
 
 #[test]

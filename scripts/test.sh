@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages) and runs every test.
+# Run as root on Debian bookworm: the end-to-end tests build network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (the tests create network namespaces and TUN devices)" >&2
+    exit 1
+fi
+
+# iproute2: ip netns/veth; wireguard-tools + wireguard-go: the interop peer;
+# iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv.
+packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+
+# The namespace tests run the binaries, so build them first.
+cargo build --workspace --locked
+cargo test --workspace --locked
+# Engine tests under a virtual clock. A separate build: the mock clock must never be
+# compiled into sitelinkd (its timers would stop).
+cargo test --locked -p sitelink-engine --features mock-instant
