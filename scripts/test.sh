@@ -26,7 +26,13 @@ fi
 
 # The namespace tests run the binaries, so build them first.
 cargo build --workspace --locked
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 # Engine tests under a virtual clock. A separate build: the mock clock must never be
 # compiled into sitelinkd (its timers would stop).
-cargo test --locked -p sitelink-engine --features mock-instant
+cargo test --locked -p sitelink-engine --features mock-instant --lib 2>&1 | tee -a "$log"
+
+# One closing line over every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

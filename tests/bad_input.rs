@@ -228,3 +228,42 @@ fn genkey_warns_when_writing_to_a_file_others_can_read() {
         stderr(&out)
     );
 }
+
+#[test]
+fn port_in_use_is_a_clear_error_and_leaves_nothing_behind() {
+    require_root();
+    let ns = Netns::new("sbp");
+    let dir = TempDir::new();
+    let iface = unique("slp");
+    let (toml, _) = valid_config(&dir, &iface);
+    let toml = toml.replace("[interface]\n", "[interface]\nlisten-port = 51999\n");
+    let path = dir.write("gw.toml", &toml, 0o600);
+    // Hold the port from inside the namespace while sitelinkd starts there.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let holder = ns.within(move || {
+        let _s = std::net::UdpSocket::bind("[::]:51999").expect("hold port");
+        bound_tx.send(()).unwrap();
+        let _ = rx.recv();
+    });
+    bound_rx.recv().unwrap();
+    let out = ns
+        .cmd(bin("sitelinkd"))
+        .arg("--config")
+        .arg(&path)
+        .env("SITELINK_RUN_DIR", dir.0.join("run"))
+        .output()
+        .unwrap();
+    drop(tx);
+    holder.join().unwrap();
+    let err = assert_clean_failure(&out, "port in use");
+    assert!(
+        err.contains("51999") && err.contains("listen-port"),
+        "{err}"
+    );
+    let links = String::from_utf8(ns.ip(&["link", "show"]).stdout).unwrap();
+    assert!(
+        !links.contains(&iface),
+        "interface left behind after a failed start: {links}"
+    );
+}

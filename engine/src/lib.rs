@@ -22,6 +22,9 @@
 //! Buffers: every `buf` must be at least [`MIN_BUF`] bytes and at least the input length
 //! plus [`OVERHEAD`]; a shorter one gets the packet dropped and counted, never a panic.
 
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod allowed_ips;
 mod log_limit;
 

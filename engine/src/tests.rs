@@ -133,33 +133,18 @@ impl Pair {
         }
     }
 
-    /// A packet enters site A's TUN device.
-    fn from_tun_a(&mut self, packet: &[u8]) {
+    /// A packet enters the TUN device of the site at `at`.
+    fn tun_in(&mut self, at: SocketAddr, packet: &[u8]) {
         let mut buf = vec![0u8; BUF];
-        let out = self
-            .a
+        let site = self.site(at).expect("site");
+        let out = site
             .engine
             .handle_tunnel_packet(packet, &mut buf)
             .map(|t| (t.dst, t.payload.to_vec()));
         if let Some((dst, data)) = out {
-            let from = self.a.addr;
-            self.send(from, dst, &data);
+            self.send(at, dst, &data);
         }
-        self.drain_transmits(self.a.addr);
-    }
-
-    fn from_tun_b(&mut self, packet: &[u8]) {
-        let mut buf = vec![0u8; BUF];
-        let out = self
-            .b
-            .engine
-            .handle_tunnel_packet(packet, &mut buf)
-            .map(|t| (t.dst, t.payload.to_vec()));
-        if let Some((dst, data)) = out {
-            let from = self.b.addr;
-            self.send(from, dst, &data);
-        }
-        self.drain_transmits(self.b.addr);
+        self.drain_transmits(at);
     }
 
     /// Delivers one datagram to the site at `to`, as if sent from `from`.
@@ -228,13 +213,13 @@ impl Pair {
 fn handshake_then_data_both_ways_and_handshake_time_recorded() {
     let mut p = pair(None);
     let out = ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"hello from A");
-    p.from_tun_a(&out);
+    p.tun_in(p.a.addr, &out);
     p.settle();
     // The packet was queued behind the handshake and flushed after it.
     assert_eq!(p.b.tun_out, vec![out.clone()]);
 
     let back = ipv4([198, 19, 2, 5], [198, 19, 1, 5], b"hello from B");
-    p.from_tun_b(&back);
+    p.tun_in(p.b.addr, &back);
     p.settle();
     assert_eq!(p.a.tun_out, vec![back]);
 
@@ -252,7 +237,7 @@ fn handshake_then_data_both_ways_and_handshake_time_recorded() {
 #[test]
 fn persistent_keepalive_is_sent_on_an_idle_link() {
     let mut p = pair(Some(25));
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x"));
     p.settle();
     let start = MockClock::time();
     p.advance(Duration::from_secs(26));
@@ -268,11 +253,14 @@ fn persistent_keepalive_is_sent_on_an_idle_link() {
 #[test]
 fn decrypted_packet_with_source_outside_allowed_ips_is_dropped_and_counted() {
     let mut p = pair(None);
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"ok"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"ok"));
     p.settle();
     assert_eq!(p.b.tun_out.len(), 1);
     // 198.19.9.9 is not in B's allowed-ips for A, though A encrypts it happily.
-    p.from_tun_a(&ipv4([198, 19, 9, 9], [198, 19, 2, 5], b"spoofed"));
+    p.tun_in(
+        p.a.addr,
+        &ipv4([198, 19, 9, 9], [198, 19, 2, 5], b"spoofed"),
+    );
     p.settle();
     assert_eq!(p.b.tun_out.len(), 1, "spoofed packet reached B's TUN");
     assert_eq!(p.b.engine.counters().bad_source, 1);
@@ -282,7 +270,7 @@ fn decrypted_packet_with_source_outside_allowed_ips_is_dropped_and_counted() {
 #[test]
 fn endpoint_roams_on_authenticated_packets_only() {
     let mut p = pair(None);
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
     assert_eq!(p.status_b().endpoint, Some(p.a.addr));
 
@@ -313,7 +301,7 @@ fn endpoint_roams_on_authenticated_packets_only() {
 #[test]
 fn under_load_a_cookie_reply_goes_to_the_source_and_does_not_roam() {
     let mut p = pair(None);
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
     // Flood B with well-formed initiations (valid mac1) from an unknown key.
     let (stranger, _) = key();
@@ -372,7 +360,7 @@ fn under_load_a_cookie_reply_goes_to_the_source_and_does_not_roam() {
 #[test]
 fn expired_link_with_keepalive_is_reinitiated_and_recovers() {
     let mut p = pair(Some(25));
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
     p.advance(Duration::from_secs(1));
     assert!(p.status_a().up);
@@ -404,12 +392,12 @@ fn expired_link_with_keepalive_is_reinitiated_and_recovers() {
 #[test]
 fn expired_link_without_keepalive_stays_quiet() {
     let mut p = pair(None);
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
     p.advance(Duration::from_secs(1));
     p.link_up = false;
     // Traffic with no answer: boringtun retries for 90 s, then gives up.
-    p.from_tun_a(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"2"));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"2"));
     p.advance(Duration::from_secs(200));
     let quiet_since = MockClock::time();
     p.advance(Duration::from_secs(60));
