@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use sitelink_tests::{bin, keypair, require_root, unique, Netns, TempDir};
+use sitelink_tests::{bin, keypair, pipe, require_root, unique, Netns, TempDir};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -171,21 +171,10 @@ fn sitelinkctl_errors_are_one_line_and_name_the_socket() {
         "{err}"
     );
 
-    let mut child = Command::new(bin("sitelinkctl"))
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"not a key\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pipe(
+        Command::new(bin("sitelinkctl")).arg("pubkey"),
+        "not a key\n",
+    );
     let err = assert_clean_failure(&out, "pubkey garbage");
     assert!(err.contains("private key"), "{err}");
     assert!(out.stdout.is_empty());

@@ -249,29 +249,44 @@ impl Drop for TempDir {
     }
 }
 
+/// Runs `cmd` with `input` on stdin; returns its output (whatever the exit status).
+pub fn pipe(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// `cmd`'s trimmed stdout for `input`, asserting success.
+pub fn pipe_ok(cmd: &mut Command, input: &str) -> String {
+    let out = pipe(cmd, input);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
 /// A key pair from `sitelinkctl genkey | sitelinkctl pubkey`.
 pub fn keypair() -> (String, String) {
     let private =
         String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genkey")).stdout).unwrap();
     let private = private.trim().to_string();
-    let mut child = Command::new(bin("sitelinkctl"))
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(private.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    (
-        private,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
+    let public = pipe_ok(Command::new(bin("sitelinkctl")).arg("pubkey"), &private);
+    (private, public)
 }
 
 /// Deterministic test bytes (xorshift), so the receiver can verify every byte.
@@ -422,6 +437,38 @@ impl Sites {
         panic!(
             "sitelinkd for {iface} not ready in 20 s:\n{}",
             daemon.log_text()
+        );
+    }
+
+    /// Once the tunnel is up: IPv6 ping A→B, IPv4 ping B→A, gw_a pings gw_b's tunnel
+    /// address, and byte-checked TCP transfers (8 MiB IPv4 A→B on `port`, 4 MiB IPv6 B→A on
+    /// `port + 1`).
+    pub fn assert_lans_connected(&self, port: u16) {
+        let pings = [
+            (&self.host_a, "fd19:2::10", "IPv6 ping host_a → host_b"),
+            (&self.host_b, "198.19.1.10", "IPv4 ping host_b → host_a"),
+            (&self.gw_a, "198.18.100.2", "gw_a → gw_b's tunnel address"),
+        ];
+        for (from, to, what) in pings {
+            assert!(
+                from.ping_until(to, Duration::from_secs(10)),
+                "{what} failed"
+            );
+        }
+        const MIB: usize = 1 << 20;
+        let v4 = SocketAddr::from(([198, 19, 2, 10], port));
+        let (sent, ok) = tcp_transfer(&self.host_a, &self.host_b, v4, 8 * MIB);
+        assert_eq!(
+            (sent, ok),
+            (8 * MIB, 8 * MIB),
+            "IPv4 TCP transfer A→B corrupted or short"
+        );
+        let v6 = SocketAddr::new("fd19:1::10".parse().expect("v6"), port + 1);
+        let (sent, ok) = tcp_transfer(&self.host_b, &self.host_a, v6, 4 * MIB);
+        assert_eq!(
+            (sent, ok),
+            (4 * MIB, 4 * MIB),
+            "IPv6 TCP transfer B→A corrupted or short"
         );
     }
 

@@ -3,47 +3,29 @@
 //! Also: keys are byte-compatible with `wg genkey/pubkey/genpsk`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sitelink_tests::{
-    bin, keypair, run, tcp_transfer, unique, unix_now, GatewayConfig, Netns, Process, Sites,
+    bin, keypair, pipe_ok, run, unique, unix_now, GatewayConfig, Netns, Process, Sites,
 };
 
 const MIB: usize = 1 << 20;
-
-fn pipe(cmd: &mut Command, input: &str) -> String {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn keys_are_byte_compatible_with_wg() {
     let ours =
         String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genkey")).stdout).unwrap();
-    let wg_pub_of_ours = pipe(Command::new("wg").arg("pubkey"), &ours);
-    let our_pub_of_ours = pipe(Command::new(bin("sitelinkctl")).arg("pubkey"), &ours);
+    let wg_pub_of_ours = pipe_ok(Command::new("wg").arg("pubkey"), &ours);
+    let our_pub_of_ours = pipe_ok(Command::new(bin("sitelinkctl")).arg("pubkey"), &ours);
     assert_eq!(wg_pub_of_ours, our_pub_of_ours);
 
     let theirs = String::from_utf8(run(Command::new("wg").arg("genkey")).stdout).unwrap();
     assert_eq!(
-        pipe(Command::new("wg").arg("pubkey"), &theirs),
-        pipe(Command::new(bin("sitelinkctl")).arg("pubkey"), &theirs)
+        pipe_ok(Command::new("wg").arg("pubkey"), &theirs),
+        pipe_ok(Command::new(bin("sitelinkctl")).arg("pubkey"), &theirs)
     );
     // genpsk: 32 bytes in the same base64 form wg uses (accepted by `wg set` in the
     // preshared-key interop test below).
@@ -123,7 +105,7 @@ fn interop(sitelink_initiates: bool, with_psk: bool) {
     let sites = Sites::new();
     let (a_priv, a_pub) = keypair();
     let b_priv = String::from_utf8(run(Command::new("wg").arg("genkey")).stdout).unwrap();
-    let b_pub = pipe(Command::new("wg").arg("pubkey"), &b_priv);
+    let b_pub = pipe_ok(Command::new("wg").arg("pubkey"), &b_priv);
     let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
     let b_key = sites.dir.write("b.key", &b_priv, 0o600);
     let psk_file = with_psk.then(|| {
@@ -177,39 +159,7 @@ fn interop(sitelink_initiates: bool, with_psk: bool) {
         "no ping through the tunnel\n--- sitelinkd:\n{}",
         gw_a.log_text()
     );
-    assert!(
-        sites
-            .host_a
-            .ping_until("fd19:2::10", Duration::from_secs(10)),
-        "no IPv6 ping A→B"
-    );
-    assert!(
-        sites
-            .host_b
-            .ping_until("198.19.1.10", Duration::from_secs(10)),
-        "no IPv4 ping B→A"
-    );
-    assert!(
-        sites
-            .gw_a
-            .ping_until("198.18.100.2", Duration::from_secs(10)),
-        "tunnel address"
-    );
-
-    let (sent, ok) = tcp_transfer(
-        &sites.host_a,
-        &sites.host_b,
-        "198.19.2.10:7003".parse().unwrap(),
-        8 * MIB,
-    );
-    assert_eq!((sent, ok), (8 * MIB, 8 * MIB), "IPv4 TCP A→B");
-    let (sent, ok) = tcp_transfer(
-        &sites.host_b,
-        &sites.host_a,
-        "[fd19:1::10]:7004".parse().unwrap(),
-        4 * MIB,
-    );
-    assert_eq!((sent, ok), (4 * MIB, 4 * MIB), "IPv6 TCP B→A");
+    sites.assert_lans_connected(7003);
 
     thread::sleep(Duration::from_millis(300));
     let status = sites.show_json(&a_if);
