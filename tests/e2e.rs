@@ -4,6 +4,7 @@
 //! --json`, and a clean exit that removes the interface.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use sitelink_tests::{keypair, unique, unix_now, GatewayConfig, Sites};
@@ -63,6 +64,11 @@ fn two_sites_reach_each_other_over_ipv4_and_ipv6() {
     let mut gw_b = sites.sitelinkd(&sites.gw_b, &b_path);
     sites.wait_ready(&mut gw_a, &a_if);
     sites.wait_ready(&mut gw_b, &b_if);
+
+    // Control socket 0660 in a 0750 directory.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&sites.run_dir), 0o750);
+    assert_eq!(mode(&sites.run_dir.join(format!("{a_if}.sock"))), 0o660);
 
     // Routes and addresses came from the daemons (netlink), not from the test.
     let routes = String::from_utf8(sites.gw_a.ip(&["route", "show", "dev", &a_if]).stdout).unwrap();
