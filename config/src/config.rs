@@ -53,6 +53,9 @@ pub struct Interface {
     pub addresses: Vec<Cidr>,
     /// `mtu`, default [`DEFAULT_MTU`]; 576-65535, and at least 1280 with an IPv6 address.
     pub mtu: u16,
+    /// `control-group`: a group whose members may use the control and UAPI sockets
+    /// (default: root only).
+    pub control_group: Option<String>,
 }
 
 impl Interface {
@@ -71,6 +74,9 @@ pub struct Peer {
     pub public_key: PublicKey,
     /// From `preshared-key-file` or `preshared-key`.
     pub preshared_key: Option<PresharedKey>,
+    /// The `preshared-key-file` path as written in the config (kept so that saving the
+    /// config writes the file reference back, never the key).
+    pub preshared_key_file: Option<PathBuf>,
     /// Where to send handshakes first; `None` waits for the peer to contact us.
     pub endpoint: Option<Endpoint>,
     /// Destinations routed to this peer and sources accepted from it: no host bits, no
@@ -434,6 +440,7 @@ fn build_interface(
         listen_port,
         addresses,
         mtu,
+        control_group: None,
     })
 }
 
@@ -643,6 +650,10 @@ fn build_peer(
         name: name.clone(),
         public_key,
         preshared_key,
+        preshared_key_file: raw
+            .preshared_key_file
+            .as_ref()
+            .map(|f| PathBuf::from(f.get_ref())),
         endpoint,
         allowed_ips,
         persistent_keepalive,

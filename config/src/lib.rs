@@ -37,6 +37,7 @@ mod endpoint;
 mod error;
 mod key;
 mod name;
+pub mod uapi;
 
 use std::path::PathBuf;
 

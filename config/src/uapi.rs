@@ -1,0 +1,1 @@
+//! WireGuard cross-platform userspace API (UAPI) protocol: being written.
