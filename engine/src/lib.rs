@@ -149,6 +149,9 @@ struct Peer {
     bad_source: u64,
     up: bool,
     next_reinit: Option<Instant>,
+    /// When we last sent this peer anything; persistent keepalives measure from here.
+    last_sent: Option<Instant>,
+    preshared_key: Option<PresharedKey>,
 }
 
 /// Errors from changing the peer set. Config validation catches these first; the engine
@@ -230,14 +233,7 @@ impl Engine {
         let id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
         let index = self.allocate_index();
-        let tunn = Tunn::new(
-            self.secret.clone(),
-            x25519::PublicKey::from(*spec.public_key.as_bytes()),
-            spec.preshared_key.as_ref().map(|k| *k.as_bytes()),
-            spec.persistent_keepalive,
-            index,
-            Some(Arc::clone(&self.limiter)),
-        );
+        let tunn = self.new_tunn(&spec.public_key, spec.preshared_key.as_ref(), index);
         for cidr in &spec.allowed_ips {
             self.routes.insert(*cidr, id);
         }
@@ -259,9 +255,90 @@ impl Engine {
                 bad_source: 0,
                 up: false,
                 next_reinit: None,
+                last_sent: None,
+                preshared_key: spec.preshared_key,
             },
         );
         Ok(id)
+    }
+
+    /// A fresh boringtun session state for a peer. Persistent keepalive is not handed to
+    /// boringtun (it has no setter for it): the engine sends keepalives itself, so an
+    /// operator can change the interval without breaking the session.
+    fn new_tunn(&self, key: &PublicKey, psk: Option<&PresharedKey>, index: u32) -> Tunn {
+        Tunn::new(
+            self.secret.clone(),
+            x25519::PublicKey::from(*key.as_bytes()),
+            psk.map(|k| *k.as_bytes()),
+            None,
+            index,
+            Some(Arc::clone(&self.limiter)),
+        )
+    }
+
+    /// Renames a peer (names are labels; the public key is its identity).
+    pub fn set_name(&mut self, id: PeerId, name: String) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.name = name;
+        }
+    }
+
+    /// Replaces a peer's allowed-ips (routing and the inbound source check). The session
+    /// is untouched.
+    pub fn set_allowed_ips(&mut self, id: PeerId, allowed_ips: Vec<Cidr>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        self.routes.remove_value(id);
+        for cidr in &allowed_ips {
+            self.routes.insert(*cidr, id);
+        }
+        peer.allowed_ips = allowed_ips;
+    }
+
+    /// Changes the persistent keepalive interval. The session is untouched.
+    pub fn set_keepalive(&mut self, id: PeerId, keepalive: Option<u16>) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.keepalive = keepalive;
+        }
+    }
+
+    /// Changes a peer's preshared key. The key is part of the handshake, so the peer gets
+    /// a fresh session (and a new receiver index): the next packet re-handshakes.
+    pub fn set_preshared_key(&mut self, id: PeerId, psk: Option<PresharedKey>) {
+        let index = self.allocate_index();
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let tunn = self.new_tunn(&peer.public_key, psk.as_ref(), index);
+        self.replace_session(id, tunn, index, psk);
+    }
+
+    /// Changes our private key: every peer gets a fresh session.
+    pub fn set_private_key(&mut self, private_key: &PrivateKey) {
+        self.secret = x25519::StaticSecret::from(*private_key.as_bytes());
+        self.public = x25519::PublicKey::from(&self.secret);
+        self.our_key = PublicKey::from_bytes(self.public.to_bytes());
+        self.limiter = Arc::new(RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT));
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let psk = self.peers.get(&id).and_then(|p| p.preshared_key.clone());
+            self.set_preshared_key(id, psk);
+        }
+    }
+
+    fn replace_session(&mut self, id: PeerId, tunn: Tunn, index: u32, psk: Option<PresharedKey>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        self.by_index.remove(&peer.index);
+        self.by_index.insert(index, id);
+        self.pending_flush.retain(|p| *p != id);
+        peer.tunn = tunn;
+        peer.index = index;
+        peer.preshared_key = psk;
+        peer.up = false;
+        peer.next_reinit = None;
     }
 
     /// Removes a peer, its routes and its session.
@@ -410,6 +487,7 @@ impl Engine {
                     // boringtun may hold packets queued behind this handshake.
                     self.pending_flush.push(id);
                     peer.tx_bytes += out.len() as u64;
+                    peer.last_sent = Some(self.now);
                 }
                 (Step::Network(from, range_of(base, out)), authenticated)
             }
@@ -569,6 +647,7 @@ impl Engine {
         match peer.tunn.decapsulate(None, &[], buf) {
             TunnResult::WriteToNetwork(out) => {
                 peer.tx_bytes += out.len() as u64;
+                peer.last_sent = Some(self.now);
                 Some((endpoint, range_of(base, out)))
             }
             _ => None,
@@ -603,6 +682,20 @@ impl Engine {
             }
             _ => None,
         };
+        // Persistent keepalive: nothing sent for the interval and we know where to send.
+        // Without a session this starts the handshake, which is how an always-on link
+        // comes up at start-up without waiting for traffic.
+        let out = out.or_else(|| {
+            let interval = Duration::from_secs(u64::from(peer.keepalive?));
+            peer.endpoint?;
+            if peer.last_sent.is_some_and(|t| now < t + interval) {
+                return None;
+            }
+            match peer.tunn.encapsulate(&[], buf) {
+                TunnResult::WriteToNetwork(out) => Some(range_of(base, out)),
+                _ => None,
+            }
+        });
         if let Some(since) = peer.tunn.stats().0 {
             // boringtun reports time since the handshake; a new handshake shows as a jump.
             let at = wall.checked_sub(since).unwrap_or(wall);
@@ -623,6 +716,7 @@ impl Engine {
         let range = out?;
         let endpoint = peer.endpoint?;
         peer.tx_bytes += range.len() as u64;
+        peer.last_sent = Some(now);
         Some((endpoint, range))
     }
 

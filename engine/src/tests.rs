@@ -503,3 +503,85 @@ fn packet_without_route_or_endpoint_is_counted() {
     });
     assert!(matches!(dup, Err(EngineError::DuplicateKey(_))));
 }
+
+#[test]
+fn always_on_link_comes_up_without_traffic() {
+    let mut p = pair(Some(25));
+    p.advance(Duration::from_millis(500));
+    assert!(
+        p.status_a().up && p.status_b().up,
+        "keepalive peer did not connect by itself"
+    );
+    assert!(p.a.tun_out.is_empty() && p.b.tun_out.is_empty());
+}
+
+#[test]
+fn keepalive_and_allowed_ips_changes_keep_the_session() {
+    let mut p = pair(None);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.settle();
+    p.advance(Duration::from_millis(200));
+    let handshake = p.status_a().last_handshake.expect("session");
+    let changed_at = MockClock::time();
+
+    let id = p.status_a().id;
+    p.a.engine.set_keepalive(id, Some(5));
+    p.a.engine
+        .set_allowed_ips(id, vec![cidr("198.19.2.0/24"), cidr("198.19.3.0/24")]);
+    p.a.engine.set_name(id, "site-b-renamed".into());
+    p.tun_in(
+        p.a.addr,
+        &ipv4([198, 19, 1, 5], [198, 19, 3, 7], b"to the new subnet"),
+    );
+    p.settle();
+    assert_eq!(
+        p.b.tun_out.len(),
+        2,
+        "packet to the newly allowed subnet did not arrive"
+    );
+    p.advance(Duration::from_secs(6));
+
+    assert_eq!(
+        p.inits_from_a_after(changed_at),
+        0,
+        "the change caused a new handshake"
+    );
+    assert_eq!(p.status_a().last_handshake, Some(handshake));
+    assert_eq!(p.status_a().name, "site-b-renamed");
+    let keepalives = p
+        .sent
+        .iter()
+        .filter(|(at, from, d)| *at > changed_at && *from == p.a.addr && d[0] == 4 && d.len() == 32)
+        .count();
+    assert!(keepalives >= 1, "no keepalive at the new 5 s interval");
+
+    // Narrowing allowed-ips takes the old subnet away at once.
+    p.a.engine.set_allowed_ips(id, vec![cidr("198.19.2.0/24")]);
+    let mut buf = vec![0u8; BUF];
+    assert!(p
+        .a
+        .engine
+        .handle_tunnel_packet(&ipv4([198, 19, 1, 5], [198, 19, 3, 7], b"x"), &mut buf)
+        .is_none());
+}
+
+#[test]
+fn preshared_key_change_starts_a_new_session() {
+    let mut p = pair(None);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.settle();
+    let changed_at = MockClock::time();
+    MockClock::advance(Duration::from_millis(1));
+    let psk = PresharedKey::generate();
+    let (ida, idb) = (p.status_a().id, p.status_b().id);
+    p.a.engine.set_preshared_key(ida, Some(psk.clone()));
+    p.b.engine.set_preshared_key(idb, Some(psk));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"2"));
+    p.settle();
+    assert_eq!(
+        p.inits_from_a_after(changed_at),
+        1,
+        "no re-handshake after the key change"
+    );
+    assert_eq!(p.b.tun_out.len(), 2, "data did not flow under the new key");
+}
