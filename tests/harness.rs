@@ -538,3 +538,190 @@ impl GatewayConfig<'_> {
         t
     }
 }
+
+/// A running pair of sitelink gateways on [`Sites`], A initiating to B.
+pub struct Pair {
+    pub gw_a: Process,
+    pub gw_b: Process,
+    pub a_if: String,
+    pub b_if: String,
+    pub a_conf: PathBuf,
+    pub b_conf: PathBuf,
+    pub a_pub: String,
+    pub b_pub: String,
+}
+
+/// The TOML for gateway A's peer "site-b" (with `endpoint` and a 25 s keepalive).
+pub fn site_b_peer(b_pub: &str) -> String {
+    format!(
+        "\n[[peer]]\nname = \"site-b\"\npublic-key = {b_pub:?}\nendpoint = \"198.18.0.2:51820\"\nallowed-ips = [\"198.18.100.2/32\", \"198.19.2.0/24\", \"fd18:100::2/128\", \"fd19:2::/64\"]\npersistent-keepalive = 25\n"
+    )
+}
+
+impl Sites {
+    /// Starts sitelinkd on both gateways. `a_extra` is appended to A's config (comments,
+    /// more peers); A has peer "site-b" unless `a_has_peer` is false (then B waits for a
+    /// peer that an operator adds to A at run time).
+    pub fn start_pair(&self, a_has_peer: bool, a_extra: &str) -> Pair {
+        let (a_priv, a_pub) = keypair();
+        let (b_priv, b_pub) = keypair();
+        let a_key = self.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
+        let b_key = self.dir.write("b.key", &format!("{b_priv}\n"), 0o600);
+        let (a_if, b_if) = (unique("sla"), unique("slb"));
+        let mut a_toml = format!(
+            "# Gateway A: site A's LAN is 198.19.1.0/24.\n[interface]\nname = {a_if:?}\nprivate-key-file = {:?}   # 0600\nlisten-port = 51820\naddress = [\"198.18.100.1/24\", \"fd18:100::1/64\"]\n",
+            a_key.display().to_string()
+        );
+        if a_has_peer {
+            a_toml += &site_b_peer(&b_pub);
+        }
+        a_toml += a_extra;
+        let b_toml = GatewayConfig {
+            iface: &b_if,
+            key_file: &b_key,
+            port: 51820,
+            addresses: &["198.18.100.2/24", "fd18:100::2/64"],
+            peer_name: "site-a",
+            peer_key: &a_pub,
+            endpoint: None,
+            allowed_ips: &[
+                "198.18.100.1/32",
+                "198.19.1.0/24",
+                "fd18:100::1/128",
+                "fd19:1::/64",
+            ],
+            keepalive: None,
+        }
+        .toml();
+        let a_conf = self.dir.write(&format!("{a_if}.toml"), &a_toml, 0o600);
+        let b_conf = self.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
+        let mut gw_a = self.sitelinkd(&self.gw_a, &a_conf);
+        let mut gw_b = self.sitelinkd(&self.gw_b, &b_conf);
+        self.wait_ready(&mut gw_a, &a_if);
+        self.wait_ready(&mut gw_b, &b_if);
+        Pair {
+            gw_a,
+            gw_b,
+            a_if,
+            b_if,
+            a_conf,
+            b_conf,
+            a_pub,
+            b_pub,
+        }
+    }
+
+    /// `sitelinkctl` that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, iface: &str, args: &[&str]) -> String {
+        let out = self.ctl(iface, args);
+        assert!(
+            out.status.success(),
+            "sitelinkctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Routes on gw_a through `iface`.
+    pub fn routes(&self, ns: &Netns, iface: &str) -> String {
+        String::from_utf8(ns.ip(&["route", "show", "dev", iface]).stdout).expect("utf-8")
+            + &String::from_utf8(ns.ip(&["-6", "route", "show", "dev", iface]).stdout)
+                .expect("utf-8")
+    }
+}
+
+/// What a timed TCP stream saw.
+#[derive(Debug)]
+pub struct StreamReport {
+    pub sent: usize,
+    pub verified: usize,
+    /// The longest time the server waited between two reads.
+    pub max_gap: Duration,
+}
+
+/// Streams pattern bytes from `client_ns` to `server_addr` in `server_ns` for `duration`,
+/// while `during` runs on the calling thread. Any reset or error panics the stream.
+pub fn tcp_stream_during(
+    client_ns: &Netns,
+    server_ns: &Netns,
+    server_addr: SocketAddr,
+    duration: Duration,
+    during: impl FnOnce(),
+) -> StreamReport {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server_ns.within(move || {
+        let listener = TcpListener::bind(server_addr).expect("bind stream server");
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut total, mut ok, mut max_gap) = (0usize, true, Duration::ZERO);
+        let mut last = Instant::now();
+        let expected = pattern(4 << 20, 11);
+        loop {
+            let n = conn.read(&mut buf).expect("stream read (reset?)");
+            let now = Instant::now();
+            max_gap = max_gap.max(now - last);
+            last = now;
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                let at = (total + i) % expected.len();
+                ok &= expected[at] == *b;
+            }
+            total += n;
+        }
+        conn.write_all(&(total as u64).to_be_bytes())
+            .expect("stream verdict");
+        (total, ok, max_gap)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("stream server ready");
+    let client = client_ns.within(move || {
+        let data = pattern(4 << 20, 11);
+        let mut conn =
+            TcpStream::connect_timeout(&server_addr, Duration::from_secs(10)).expect("connect");
+        let start = Instant::now();
+        let mut sent = 0usize;
+        // Paced at about 40 Mbit/s: a stall shows as a gap, not as a full buffer.
+        while start.elapsed() < duration {
+            let at = sent % data.len();
+            let end = (at + 16384).min(data.len());
+            conn.write_all(&data[at..end])
+                .expect("stream write (reset?)");
+            sent += end - at;
+            thread::sleep(Duration::from_millis(3));
+        }
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut reply = [0u8; 8];
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        conn.read_exact(&mut reply).expect("stream verdict");
+        (sent, u64::from_be_bytes(reply) as usize)
+    });
+    during();
+    let (sent, acked) = client.join().expect("stream client");
+    let (received, intact, max_gap) = server.join().expect("stream server");
+    assert_eq!(acked, received);
+    StreamReport {
+        sent,
+        verified: if intact { received } else { 0 },
+        max_gap,
+    }
+}
+
+/// Sends raw bytes to a Unix socket and returns what comes back before it closes (or the
+/// timeout passes).
+pub fn unix_exchange(path: &Path, request: &[u8], timeout: Duration) -> String {
+    use std::os::unix::net::UnixStream;
+    let mut s =
+        UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}

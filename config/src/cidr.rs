@@ -34,7 +34,7 @@ pub enum CidrError {
 }
 
 /// An IP address with a prefix length, e.g. `198.19.2.0/24` or `fd19:2::1/64`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,

@@ -7,9 +7,14 @@
 //! the whole file: unique peer names and keys, no peer using our own key, no allowed-ips shared
 //! by two peers.
 //!
+//! [`Config::validate`] runs the same checks on a value built in memory (a live change: a peer
+//! added over the control socket, a WireGuard UAPI `set`), through the same `check_*` functions,
+//! so a rule is written once; only the way the error is located differs (a line in the file, or
+//! the peer and key of the change).
+//!
 //! Key files are read here (relative paths resolve against the config file's directory) and
 //! refused if group or others may read them, like sshd does with host keys. Nothing here
-//! touches the network.
+//! touches the network. Writing the config back is `save.rs`.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -130,9 +135,58 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         parse_config(text, path).map(|(config, _)| config)
     }
+
+    /// Runs every check [`Config::parse`] makes on the values themselves, on this config as it
+    /// is in memory: for a live change (a peer added or changed over the control socket, a
+    /// WireGuard UAPI `set`) before anything is applied.
+    ///
+    /// Checks the interface's `listen-port` (not 0), `address` (no duplicates), `mtu`
+    /// (576-65535, at least 1280 with an IPv6 address) and `control-group` (group name syntax);
+    /// and per peer, in order: the name's syntax, unique names, unique public keys that are not
+    /// the interface's own, allowed-ips without host bits, not listed twice and not overlapping
+    /// another peer's, and `persistent-keepalive` (1-65535). Reports the first problem found.
+    ///
+    /// The error has no path or line (see [`ConfigError::live_peer`]), e.g. `peer "site-c":
+    /// allowed-ips: 198.19.2.0/24 overlaps 198.19.2.0/24 of peer "site-b"; a destination can be
+    /// routed to only one peer, so remove or narrow one of them`. Key files are not read again.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let iface = &self.interface;
+        let err = |key: &str, message: String| ConfigError::live(Scope::Interface, key, message);
+        if let Some(port) = iface.listen_port {
+            check_listen_port(port.into()).map_err(|m| err("listen-port", m))?;
+        }
+        for (i, cidr) in iface.addresses.iter().enumerate() {
+            check_address(cidr, &iface.addresses[..i]).map_err(|m| err("address", m))?;
+        }
+        check_mtu(iface.mtu.into(), &iface.addresses).map_err(|m| err("mtu", m))?;
+        if let Some(group) = &iface.control_group {
+            check_group_name(group).map_err(|m| err("control-group", m))?;
+        }
+
+        let own_public_key = iface.public_key();
+        for (index, peer) in self.peers.iter().enumerate() {
+            if let Err(message) = check_peer_name(&peer.name) {
+                let scope = Scope::Peer { index, name: None };
+                return Err(ConfigError::live(scope, "name", message));
+            }
+            let err = |key: &str, message: String| ConfigError::live_peer(&peer.name, key, message);
+            let earlier = &self.peers[..index];
+            check_unique_name(&peer.name, earlier, None).map_err(|m| err("name", m))?;
+            check_public_key(&peer.public_key, &own_public_key, earlier, None)
+                .map_err(|m| err("public-key", m))?;
+            for (i, cidr) in peer.allowed_ips.iter().enumerate() {
+                check_allowed_ip(cidr, &peer.allowed_ips[..i], earlier, None)
+                    .map_err(|m| err("allowed-ips", m))?;
+            }
+            if let Some(seconds) = peer.persistent_keepalive {
+                check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
+            }
+        }
+        Ok(())
+    }
 }
 
-fn read_config_file(path: &Path) -> Result<(String, u32), ConfigError> {
+pub(crate) fn read_config_file(path: &Path) -> Result<(String, u32), ConfigError> {
     let io_error = |e: io::Error| ConfigError::file(path, "cannot read config file").with_source(e);
     let mut file = File::open(path).map_err(io_error)?;
     // Permissions from the open handle, so they belong to the bytes we read.
@@ -171,6 +225,7 @@ struct RawInterface {
     #[serde(default)]
     address: Vec<Spanned<String>>,
     mtu: Option<Spanned<Int>>,
+    control_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -216,9 +271,8 @@ impl<'de> Deserialize<'de> for Int {
 }
 
 /// `value` as a `T` if it lies in `range`.
-fn in_range<T: TryFrom<i128>>(value: &Spanned<Int>, range: Range<i128>) -> Option<T> {
-    let v = value.get_ref().0;
-    range.contains(&v).then(|| T::try_from(v).ok())?
+fn in_range<T: TryFrom<i128>>(value: i128, range: Range<i128>) -> Option<T> {
+    range.contains(&value).then(|| T::try_from(value).ok())?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,10 +280,7 @@ fn in_range<T: TryFrom<i128>>(value: &Spanned<Int>, range: Range<i128>) -> Optio
 
 fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>), ConfigError> {
     let source = Source { path, text };
-    let root = DeTable::parse(text).map_err(|e| source.syntax_error(&e))?;
-    check_shape(&source, root.get_ref())?;
-    let raw = RawConfig::deserialize(toml::de::Deserializer::from(root))
-        .map_err(|e| source.serde_error(&e))?;
+    let raw = parse_raw(&source)?;
 
     let mut inline_secret = None;
     let interface = build_interface(&source, raw.interface, &mut inline_secret)?;
@@ -258,6 +309,18 @@ fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>
         peers,
     };
     Ok((config, inline_secret))
+}
+
+/// Step 1 alone: TOML syntax and the file's structure (known keys, value types), without
+/// reading key files. Also used before saving, to refuse editing a file that no longer parses.
+pub(crate) fn check_structure(text: &str, path: &Path) -> Result<(), ConfigError> {
+    parse_raw(&Source { path, text }).map(drop)
+}
+
+fn parse_raw(source: &Source<'_>) -> Result<RawConfig, ConfigError> {
+    let root = DeTable::parse(source.text).map_err(|e| source.syntax_error(&e))?;
+    check_shape(source, root.get_ref())?;
+    RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(|e| source.serde_error(&e))
 }
 
 /// Checks that `interface` is a table and `peer` an array of tables before serde sees them:
@@ -371,17 +434,10 @@ fn build_interface(
 
     let listen_port = match &raw.listen_port {
         None => None,
-        Some(port) => Some(in_range::<u16>(port, 1..65536).ok_or_else(|| {
-            err(
-                port.span(),
-                "listen-port",
-                format!(
-                    "{} is out of range; use a UDP port in 1-65535, or omit listen-port to \
-                     let the system pick one",
-                    port.get_ref().0
-                ),
-            )
-        })?),
+        Some(port) => Some(
+            check_listen_port(port.get_ref().0)
+                .map_err(|message| err(port.span(), "listen-port", message))?,
+        ),
     };
 
     let mut addresses: Vec<Cidr> = Vec::with_capacity(raw.address.len());
@@ -393,44 +449,22 @@ fn build_interface(
                 format!("{e}; expected an address with its prefix, e.g. \"198.18.100.1/24\""),
             )
         })?;
-        if addresses.contains(&cidr) {
-            return Err(err(
-                text.span(),
-                "address",
-                format!("{cidr} is listed twice; remove one"),
-            ));
-        }
+        check_address(&cidr, &addresses).map_err(|message| err(text.span(), "address", message))?;
         addresses.push(cidr);
     }
 
     let mtu = match &raw.mtu {
         None => DEFAULT_MTU,
-        Some(mtu) => {
-            let value = in_range::<u16>(mtu, 576..65536).ok_or_else(|| {
-                err(
-                    mtu.span(),
-                    "mtu",
-                    format!(
-                        "{} is out of range; use 576-65535 (default {DEFAULT_MTU})",
-                        mtu.get_ref().0
-                    ),
-                )
-            })?;
-            if let Some(v6) = addresses
-                .iter()
-                .find(|a| !a.is_ipv4())
-                .filter(|_| value < 1280)
-            {
-                return Err(err(
-                    mtu.span(),
-                    "mtu",
-                    format!(
-                        "{value} is below 1280, the IPv6 minimum, and address {v6} is IPv6; \
-                         use at least 1280 (default {DEFAULT_MTU})"
-                    ),
-                ));
-            }
-            value
+        Some(mtu) => check_mtu(mtu.get_ref().0, &addresses)
+            .map_err(|message| err(mtu.span(), "mtu", message))?,
+    };
+
+    let control_group = match &raw.control_group {
+        None => None,
+        Some(group) => {
+            check_group_name(group.get_ref())
+                .map_err(|message| err(group.span(), "control-group", message))?;
+            Some(group.get_ref().clone())
         }
     };
 
@@ -440,7 +474,173 @@ fn build_interface(
         listen_port,
         addresses,
         mtu,
-        control_group: None,
+        control_group,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rules on values, shared by the file parser (which adds the span of the value) and
+// `Config::validate` (which adds the peer and key of a live change). Each returns the message.
+
+fn check_listen_port(port: i128) -> Result<u16, String> {
+    in_range(port, 1..65536).ok_or_else(|| {
+        format!(
+            "{port} is out of range; use a UDP port in 1-65535, or omit listen-port to let the \
+             system pick one"
+        )
+    })
+}
+
+/// `cidr` is the next interface address after `earlier`.
+fn check_address(cidr: &Cidr, earlier: &[Cidr]) -> Result<(), String> {
+    if earlier.contains(cidr) {
+        return Err(format!("{cidr} is listed twice; remove one"));
+    }
+    Ok(())
+}
+
+fn check_mtu(mtu: i128, addresses: &[Cidr]) -> Result<u16, String> {
+    let value: u16 = in_range(mtu, 576..65536)
+        .ok_or_else(|| format!("{mtu} is out of range; use 576-65535 (default {DEFAULT_MTU})"))?;
+    if let Some(v6) = addresses
+        .iter()
+        .find(|a| !a.is_ipv4())
+        .filter(|_| value < 1280)
+    {
+        return Err(format!(
+            "{value} is below 1280, the IPv6 minimum, and address {v6} is IPv6; use at least \
+             1280 (default {DEFAULT_MTU})"
+        ));
+    }
+    Ok(value)
+}
+
+/// A Unix group name as `groupadd` accepts it by default: 1-32 characters, a lowercase letter or
+/// `_` first, then lowercase letters, digits, `_` or `-`, and optionally a final `$`.
+fn check_group_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "a group name is 1-32 characters: a lowercase letter or `_` first, then \
+                        lowercase letters, digits, `_` or `-` (a final `$` is allowed), e.g. \
+                        \"sitelink\"";
+    let body = name.strip_suffix('$').unwrap_or(name);
+    if body.is_empty() {
+        return Err(format!(
+            "group name is empty; {RULE}; or omit control-group to allow root only"
+        ));
+    }
+    if name.chars().count() > 32 {
+        return Err(format!(
+            "group name is {} characters long; {RULE}",
+            name.chars().count()
+        ));
+    }
+    let mut chars = body.chars();
+    if let Some(first) = chars
+        .next()
+        .filter(|c| !(c.is_ascii_lowercase() || *c == '_'))
+    {
+        return Err(format!("group name {name:?} starts with {first:?}; {RULE}"));
+    }
+    if let Some(ch) =
+        chars.find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)))
+    {
+        return Err(format!("group name {name:?} contains {ch:?}; {RULE}"));
+    }
+    Ok(())
+}
+
+/// ` (line N)` after a reference to another place in the file; nothing for a live change.
+fn at_line(line: Option<usize>) -> String {
+    line.map(|line| format!(" (line {line})"))
+        .unwrap_or_default()
+}
+
+/// `name` is not used by a peer in `earlier`. `lines` locates those peers in the file.
+fn check_unique_name(
+    name: &str,
+    earlier: &[Peer],
+    lines: Option<&[PeerLines]>,
+) -> Result<(), String> {
+    let Some(other) = earlier.iter().position(|p| p.name == name) else {
+        return Ok(());
+    };
+    let user = match lines {
+        Some(lines) => format!("line {}", lines[other].name),
+        None => "another peer".to_owned(),
+    };
+    Err(format!(
+        "duplicate peer name; {user} already uses it and peer names must be unique"
+    ))
+}
+
+/// `key` is not the interface's own and not used by a peer in `earlier`.
+fn check_public_key(
+    key: &PublicKey,
+    own: &PublicKey,
+    earlier: &[Peer],
+    lines: Option<&[PeerLines]>,
+) -> Result<(), String> {
+    if key == own {
+        return Err(
+            "this is the interface's own public key; set the remote site's public key \
+                    (run `sitelinkctl pubkey < its-private-key-file` there)"
+                .into(),
+        );
+    }
+    if let Some(other) = earlier.iter().position(|p| &p.public_key == key) {
+        return Err(format!(
+            "peer {:?}{} already has this public key; each peer needs its own",
+            earlier[other].name,
+            at_line(lines.map(|lines| lines[other].public_key))
+        ));
+    }
+    Ok(())
+}
+
+/// `cidr` is the next allowed-ip of a peer whose earlier ones are `own`: no host bits, not a
+/// duplicate, no overlap with a peer in `earlier`.
+fn check_allowed_ip(
+    cidr: &Cidr,
+    own: &[Cidr],
+    earlier: &[Peer],
+    lines: Option<&[PeerLines]>,
+) -> Result<(), String> {
+    if cidr.has_host_bits() {
+        return Err(format!(
+            "{cidr} has host bits set; did you mean {}?",
+            cidr.network()
+        ));
+    }
+    if own.contains(cidr) {
+        return Err(format!("{cidr} is listed twice; remove one"));
+    }
+    let clash = earlier.iter().enumerate().find_map(|(index, peer)| {
+        let at = peer
+            .allowed_ips
+            .iter()
+            .position(|theirs| theirs.overlaps(cidr))?;
+        Some((index, peer, at))
+    });
+    if let Some((index, peer, at)) = clash {
+        return Err(format!(
+            "{cidr} overlaps {} of peer {:?}{}; a destination can be routed to only one peer, so \
+             remove or narrow one of them",
+            peer.allowed_ips[at],
+            peer.name,
+            at_line(lines.map(|lines| lines[index].allowed_ips[at]))
+        ));
+    }
+    Ok(())
+}
+
+fn check_keepalive(seconds: i128) -> Result<u16, String> {
+    if seconds == 0 {
+        return Err("0 is not allowed; omit the key to disable keepalives".into());
+    }
+    in_range(seconds, 1..65536).ok_or_else(|| {
+        format!(
+            "{seconds} is out of range; use 1-65535 seconds (25 is typical behind NAT), or omit \
+             the key to disable keepalives"
+        )
     })
 }
 
@@ -498,38 +698,13 @@ fn build_peer(
     let err = |span: Range<usize>, key: &str, message: String| {
         source.error(span, scope.clone(), key, message)
     };
-    if let Some(other) = earlier.iter().position(|p| &p.name == name) {
-        return Err(err(
-            raw.name.span(),
-            "name",
-            format!(
-                "duplicate peer name; line {} already uses it and peer names must be unique",
-                earlier_lines[other].name
-            ),
-        ));
-    }
+    check_unique_name(name, earlier, Some(earlier_lines))
+        .map_err(|message| err(raw.name.span(), "name", message))?;
 
     let public_key = parse_key::<PublicKey>(raw.public_key.get_ref(), KeyKind::Public)
         .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
-    if &public_key == own_public_key {
-        return Err(err(
-            raw.public_key.span(),
-            "public-key",
-            "this is the interface's own public key; set the remote site's public key \
-             (run `sitelinkctl pubkey < its-private-key-file` there)"
-                .into(),
-        ));
-    }
-    if let Some(other) = earlier.iter().position(|p| p.public_key == public_key) {
-        return Err(err(
-            raw.public_key.span(),
-            "public-key",
-            format!(
-                "peer {:?} (line {}) already has this public key; each peer needs its own",
-                earlier[other].name, earlier_lines[other].public_key
-            ),
-        ));
-    }
+    check_public_key(&public_key, own_public_key, earlier, Some(earlier_lines))
+        .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
 
     let preshared_key = match (&raw.preshared_key, &raw.preshared_key_file) {
         (Some(inline), Some(file)) => {
@@ -582,63 +757,18 @@ fn build_peer(
                 format!("{e}; expected a network such as \"198.19.2.0/24\" or \"fd19:2::/64\""),
             )
         })?;
-        if cidr.has_host_bits() {
-            return Err(err(
-                span,
-                "allowed-ips",
-                format!("{cidr} has host bits set; did you mean {}?", cidr.network()),
-            ));
-        }
-        if allowed_ips.contains(&cidr) {
-            return Err(err(
-                span,
-                "allowed-ips",
-                format!("{cidr} is listed twice; remove one"),
-            ));
-        }
-        let clash = earlier.iter().zip(earlier_lines).find_map(|(peer, lines)| {
-            let (theirs, line) = peer
-                .allowed_ips
-                .iter()
-                .zip(&lines.allowed_ips)
-                .find(|(theirs, _)| theirs.overlaps(&cidr))?;
-            Some((peer, theirs, line))
-        });
-        if let Some((peer, theirs, line)) = clash {
-            return Err(err(
-                span,
-                "allowed-ips",
-                format!(
-                    "{cidr} overlaps {theirs} of peer {:?} (line {line}); a destination can be \
-                     routed to only one peer, so remove or narrow one of them",
-                    peer.name
-                ),
-            ));
-        }
+        check_allowed_ip(&cidr, &allowed_ips, earlier, Some(earlier_lines))
+            .map_err(|message| err(span.clone(), "allowed-ips", message))?;
         allowed_lines.push(line_of(span));
         allowed_ips.push(cidr);
     }
 
     let persistent_keepalive = match &raw.persistent_keepalive {
         None => None,
-        Some(value) if value.get_ref().0 == 0 => {
-            return Err(err(
-                value.span(),
-                "persistent-keepalive",
-                "0 is not allowed; omit the key to disable keepalives".into(),
-            ));
-        }
-        Some(value) => Some(in_range::<u16>(value, 1..65536).ok_or_else(|| {
-            err(
-                value.span(),
-                "persistent-keepalive",
-                format!(
-                    "{} is out of range; use 1-65535 seconds (25 is typical behind NAT), or \
-                     omit the key to disable keepalives",
-                    value.get_ref().0
-                ),
-            )
-        })?),
+        Some(value) => Some(
+            check_keepalive(value.get_ref().0)
+                .map_err(|message| err(value.span(), "persistent-keepalive", message))?,
+        ),
     };
 
     let lines = PeerLines {
@@ -739,9 +869,34 @@ fn read_key_file<K: FromStr<Err = KeyError>>(
         )));
     }
     let dir = source.path.parent().unwrap_or(Path::new(""));
-    let path = dir.join(file.get_ref());
+    load_key_file(&dir.join(file.get_ref()), key, kind).map_err(|(message, io)| match io {
+        Some(e) => err(message).with_source(e),
+        None => err(message),
+    })
+}
+
+/// Reads a preshared key file given at run time (`sitelinkctl peer add --preshared-key-file`),
+/// with the same permission check and messages as a `preshared-key-file` in a config file.
+/// Errors read `peer "<peer>": preshared-key-file: <file>: ...`.
+pub fn load_preshared_key_file(path: &Path, peer: &str) -> Result<PresharedKey, ConfigError> {
+    load_key_file(path, "preshared-key-file", KeyKind::Preshared).map_err(|(message, io)| {
+        let e = ConfigError::live_peer(peer, "preshared-key-file", message);
+        match io {
+            Some(io) => e.with_source(io),
+            None => e,
+        }
+    })
+}
+
+/// The one implementation of "read a key file": regular file, no group/other access, one
+/// base64 key. Errors are a message (naming the file, never its contents) and the I/O cause.
+fn load_key_file<K: FromStr<Err = KeyError>>(
+    path: &Path,
+    key: &str,
+    kind: KeyKind,
+) -> Result<K, (String, Option<io::Error>)> {
     let shown = path.display();
-    let contents = match read_secret_file(&path) {
+    let contents = match read_secret_file(path) {
         Ok(contents) => contents,
         Err(SecretFileError::Io(e)) => {
             let hint = match (e.kind(), kind) {
@@ -750,32 +905,40 @@ fn read_key_file<K: FromStr<Err = KeyError>>(
                 }
                 _ => String::new(),
             };
-            return Err(err(format!(
-                "cannot read {} {shown}{hint}",
-                kind.file_description()
-            ))
-            .with_source(e));
+            return Err((
+                format!("cannot read {} {shown}{hint}", kind.file_description()),
+                Some(e),
+            ));
         }
         Err(SecretFileError::NotAFile) => {
-            return Err(err(format!(
-                "{shown} is not a regular file; point {key} at the {}",
-                kind.file_description()
-            )));
+            return Err((
+                format!(
+                    "{shown} is not a regular file; point {key} at the {}",
+                    kind.file_description()
+                ),
+                None,
+            ));
         }
         Err(SecretFileError::Mode(mode)) => {
-            return Err(err(format!(
-                "{shown}: {} is readable by group or others (mode {mode:04o}); run: chmod 600 \
-                 {shown}",
-                kind.file_description()
-            )));
+            return Err((
+                format!(
+                    "{shown}: {} is readable by group or others (mode {mode:04o}); run: chmod 600 \
+                     {shown}",
+                    kind.file_description()
+                ),
+                None,
+            ));
         }
     };
     let text = std::str::from_utf8(&contents).map_err(|_| KeyError::NotBase64);
     text.and_then(|t| t.trim().parse()).map_err(|e: KeyError| {
-        err(format!(
-            "{shown}: {e} {} (the file must hold only the key)",
-            kind.hint()
-        ))
+        (
+            format!(
+                "{shown}: {e} {} (the file must hold only the key)",
+                kind.hint()
+            ),
+            None,
+        )
     })
 }
 

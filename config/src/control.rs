@@ -18,6 +18,68 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub enum Request {
     /// Interface and peer status.
     Show,
+    /// Add a peer. Reply: a [`ChangeReply`].
+    PeerAdd {
+        peer: PeerArgs,
+        #[serde(default)]
+        save: bool,
+    },
+    /// Change fields of the peer named `name`. Reply: a [`ChangeReply`].
+    PeerSet {
+        name: String,
+        changes: PeerChanges,
+        #[serde(default)]
+        save: bool,
+    },
+    /// Remove the peer with this name or base64 public key. Reply: a [`ChangeReply`].
+    PeerRemove {
+        peer: String,
+        #[serde(default)]
+        save: bool,
+    },
+    /// Re-read the config file and apply the difference. Reply: a [`ChangeReply`].
+    Reload,
+    /// Write the running peer set to the config file. Reply: a [`ChangeReply`].
+    Save,
+}
+
+/// A new peer, as the operator typed it; the daemon parses and validates every field with
+/// the config file's rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PeerArgs {
+    pub name: String,
+    pub public_key: String,
+    pub allowed_ips: Vec<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+    #[serde(default)]
+    pub preshared_key_file: Option<String>,
+}
+
+/// Changes to a peer; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PeerChanges {
+    pub rename: Option<String>,
+    pub public_key: Option<String>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub endpoint: Option<String>,
+    pub clear_endpoint: bool,
+    pub persistent_keepalive: Option<u16>,
+    pub clear_persistent_keepalive: bool,
+    pub preshared_key_file: Option<String>,
+    pub clear_preshared_key: bool,
+}
+
+/// The reply to a change: a one-line summary, its parts, and the file written if saved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeReply {
+    pub summary: String,
+    pub details: serde_json::Value,
+    pub saved: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

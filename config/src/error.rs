@@ -1,5 +1,6 @@
 //! [`ConfigError`]: one problem with a config file, located by file, line, column, section
-//! (`interface` or `peer "site-b"`) and key, worded as what is wrong and how to fix it.
+//! (`interface` or `peer "site-b"`) and key, worded as what is wrong and how to fix it; or one
+//! problem with a live change (no file, no line: `peer "site-c": allowed-ips: ...`).
 //!
 //! Also owns the translation of toml/serde messages (`missing field`, `unknown field`,
 //! `invalid type`) into that form, and the byte-offset to line:column arithmetic. It never sees
@@ -13,10 +14,13 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
-/// Why a config file could not be loaded.
+/// Why a config file could not be loaded or saved, or why a live change was refused.
 ///
 /// `Display` gives `path[:line:col]: [section: ][key: ]message`, e.g.
 /// `/etc/sitelink/sl0.toml:12:14: peer "site-b": public-key: decodes to 31 bytes, expected 32 (…)`.
+/// A live-change error ([`ConfigError::live_peer`], [`ConfigError::live_interface`],
+/// [`Config::validate`](crate::Config::validate)) has no path and gives
+/// `[section: ][key: ]message`.
 /// An I/O failure keeps the OS error as [`std::error::Error::source`]; print the chain (`{:#}`
 /// with anyhow) to see it.
 #[derive(Debug)]
@@ -25,7 +29,8 @@ pub struct ConfigError(Box<Details>);
 /// Boxed so that `Result<_, ConfigError>` stays one pointer wide on the happy path.
 #[derive(Debug)]
 struct Details {
-    path: PathBuf,
+    /// `None` for a live change, which has no file.
+    path: Option<PathBuf>,
     position: Option<(usize, usize)>,
     scope: Option<Scope>,
     key: Option<String>,
@@ -45,9 +50,10 @@ pub(crate) enum Scope {
 }
 
 impl ConfigError {
-    /// The config file the error is about (as passed to `load`/`parse`).
+    /// The config file the error is about (as passed to `load`/`parse`); empty for a live-change
+    /// error, which is about no file.
     pub fn path(&self) -> &Path {
-        &self.0.path
+        self.0.path.as_deref().unwrap_or(Path::new(""))
     }
 
     /// The 1-based line of the offending key or value, if the error has a place in the file.
@@ -75,10 +81,58 @@ impl ConfigError {
         }
     }
 
+    /// An error about a live change to the `[interface]` settings (no file, no line), in the
+    /// same shape as [`Config::validate`](crate::Config::validate)'s: `interface: key: message`.
+    /// An empty `key` is left out.
+    pub fn live_interface(key: &str, message: impl Into<String>) -> Self {
+        Self::live(Scope::Interface, key, message)
+    }
+
+    /// An error about a live change to the peer named `peer` (no file, no line), in the same
+    /// shape as [`Config::validate`](crate::Config::validate)'s:
+    /// `peer "site-c": key: message`. An empty `key` is left out.
+    pub fn live_peer(peer: &str, key: &str, message: impl Into<String>) -> Self {
+        let scope = Scope::Peer {
+            index: 0,
+            name: Some(peer.to_owned()),
+        };
+        Self::live(scope, key, message)
+    }
+
+    /// A live-change error in any scope.
+    pub(crate) fn live(scope: Scope, key: &str, message: impl Into<String>) -> Self {
+        Self(Box::new(Details {
+            path: None,
+            position: None,
+            scope: Some(scope),
+            key: (!key.is_empty()).then(|| key.to_owned()),
+            message: message.into(),
+            source: None,
+        }))
+    }
+
+    /// An error about a section and key of the file at `path` without a place in its text
+    /// (saving the running config into it).
+    pub(crate) fn in_file(
+        path: &Path,
+        scope: Scope,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Details {
+            path: Some(path.to_owned()),
+            position: None,
+            scope: Some(scope),
+            key: Some(key.to_owned()),
+            message: message.into(),
+            source: None,
+        }))
+    }
+
     /// An error about the file as a whole (reading it, its permissions).
     pub(crate) fn file(path: &Path, message: impl Into<String>) -> Self {
         Self(Box::new(Details {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             position: None,
             scope: None,
             key: None,
@@ -95,11 +149,13 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.path.display())?;
-        if let Some((line, column)) = self.0.position {
-            write!(f, ":{line}:{column}")?;
+        if let Some(path) = &self.0.path {
+            write!(f, "{}", path.display())?;
+            if let Some((line, column)) = self.0.position {
+                write!(f, ":{line}:{column}")?;
+            }
+            f.write_str(": ")?;
         }
-        f.write_str(": ")?;
         match &self.0.scope {
             None => {}
             Some(Scope::Interface) => f.write_str("interface: ")?,
@@ -155,7 +211,7 @@ impl<'a> Source<'a> {
         message: impl Into<String>,
     ) -> ConfigError {
         ConfigError(Box::new(Details {
-            path: self.path.to_owned(),
+            path: Some(self.path.to_owned()),
             position: Some(line_col(self.text, span.start)),
             scope: Some(scope),
             key: Some(key.to_owned()),
@@ -168,7 +224,7 @@ impl<'a> Source<'a> {
     /// could echo a key).
     pub fn syntax_error(&self, error: &toml::de::Error) -> ConfigError {
         ConfigError(Box::new(Details {
-            path: self.path.to_owned(),
+            path: Some(self.path.to_owned()),
             position: Some(line_col(
                 self.text,
                 error.span().map_or(0, |span| span.start),
@@ -208,7 +264,7 @@ impl<'a> Source<'a> {
             (place.key, message.to_owned())
         };
         ConfigError(Box::new(Details {
-            path: self.path.to_owned(),
+            path: Some(self.path.to_owned()),
             position: Some(line_col(self.text, offset)),
             scope: place.scope,
             key,
@@ -221,7 +277,7 @@ impl<'a> Source<'a> {
     /// be deserialized from an array, so `[[interface]]` would complain about `name`).
     pub fn shape_error(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
         ConfigError(Box::new(Details {
-            path: self.path.to_owned(),
+            path: Some(self.path.to_owned()),
             position: Some(line_col(self.text, span.start)),
             scope: None,
             key: Some(key.to_owned()),

@@ -6,9 +6,11 @@
 //! [`Config::load`] reads `/etc/sitelink/<name>.toml`, refuses key material that other users can
 //! read, and reports every problem as `file:line:col: scope: key: what is wrong and how to fix it`.
 //!
-//! It does not own anything that happens after loading: no sockets, no TUN devices, no routes,
-//! no DNS resolution at load time ([`Endpoint::resolve`] is called by the daemon when it wants),
-//! and no writing of config or key files.
+//! It also writes the running peer set back into the file ([`Config::save`], comments kept,
+//! atomic) and holds the two local protocols' types ([`control`], [`uapi`]). It does not own
+//! anything that happens after loading: no sockets, no TUN devices, no routes, no DNS
+//! resolution at load time ([`Endpoint::resolve`] is called by the daemon when it wants), and
+//! it never writes key files.
 //!
 //! ```toml
 //! [interface]
@@ -37,12 +39,13 @@ mod endpoint;
 mod error;
 mod key;
 mod name;
+pub mod save;
 pub mod uapi;
 
 use std::path::PathBuf;
 
 pub use cidr::{Cidr, CidrError};
-pub use config::{Config, Interface, Peer};
+pub use config::{load_preshared_key_file, Config, Interface, Peer};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;
 pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};

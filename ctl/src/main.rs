@@ -12,8 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use sitelink_config::control::{PeerStatus, Request, Response, Status};
-use sitelink_config::{InterfaceName, PresharedKey, PrivateKey};
+use sitelink_config::control::{
+    ChangeReply, PeerArgs, PeerChanges, PeerStatus, Request, Response, Status,
+};
+use sitelink_config::{Cidr, Endpoint, InterfaceName, PresharedKey, PrivateKey, PublicKey};
 
 /// Control a running sitelinkd and manage keys.
 #[derive(Debug, Parser)]
@@ -45,6 +47,78 @@ enum Command {
         /// Machine-readable output (the schema is documented in the README).
         #[arg(long)]
         json: bool,
+    },
+    /// Add, change or remove peers of the running daemon (effective at once).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Re-read the config file and apply the difference (like SIGHUP, but waits and reports).
+    Reload,
+    /// Write the running peer set back to the config file, keeping comments.
+    Save,
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Add a peer.
+    Add {
+        /// A unique name for logs and status.
+        name: String,
+        #[arg(long, value_name = "BASE64")]
+        public_key: PublicKey,
+        /// Comma-separated prefixes routed to the peer.
+        #[arg(
+            long,
+            value_name = "CIDR[,CIDR]",
+            value_delimiter = ',',
+            required = true
+        )]
+        allowed_ips: Vec<Cidr>,
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<Endpoint>,
+        #[arg(long, value_name = "SECONDS")]
+        persistent_keepalive: Option<u16>,
+        #[arg(long, value_name = "FILE")]
+        preshared_key_file: Option<PathBuf>,
+        /// Also write the change to the config file.
+        #[arg(long)]
+        save: bool,
+    },
+    /// Change a peer. The session is kept unless its keys change.
+    Set {
+        name: String,
+        #[arg(long, value_name = "NAME")]
+        rename: Option<String>,
+        #[arg(long, value_name = "BASE64")]
+        public_key: Option<PublicKey>,
+        #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+        allowed_ips: Option<Vec<Cidr>>,
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_endpoint")]
+        endpoint: Option<Endpoint>,
+        /// Forget the configured endpoint (the peer must contact us).
+        #[arg(long)]
+        no_endpoint: bool,
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            conflicts_with = "no_persistent_keepalive"
+        )]
+        persistent_keepalive: Option<u16>,
+        #[arg(long)]
+        no_persistent_keepalive: bool,
+        #[arg(long, value_name = "FILE", conflicts_with = "no_preshared_key")]
+        preshared_key_file: Option<PathBuf>,
+        #[arg(long)]
+        no_preshared_key: bool,
+        /// Also write the change to the config file.
+        #[arg(long)]
+        save: bool,
+    },
+    /// Remove a peer (by name or public key); its routes go with it.
+    Remove {
+        name_or_key: String,
+        /// Also write the change to the config file.
+        #[arg(long)]
+        save: bool,
     },
 }
 
@@ -81,6 +155,9 @@ fn run(args: Args) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("stdin does not hold a private key: {e}"))?;
             println!("{}", key.public_key());
         }
+        Command::Peer(cmd) => change(args.interface.as_ref(), peer_request(cmd)?)?,
+        Command::Reload => change(args.interface.as_ref(), Request::Reload)?,
+        Command::Save => change(args.interface.as_ref(), Request::Save)?,
         Command::Show { json } => {
             let socket = socket_path(args.interface.as_ref())?;
             let value = request(&socket, &Request::Show)?;
@@ -94,6 +171,79 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends a change and prints the daemon's summary.
+fn change(interface: Option<&InterfaceName>, request: Request) -> Result<()> {
+    let socket = socket_path(interface)?;
+    let reply: ChangeReply = serde_json::from_value(self::request(&socket, &request)?)
+        .context("the daemon's reply does not match this sitelinkctl's version")?;
+    println!("{}", reply.summary);
+    if let Some(path) = reply.saved {
+        println!("saved to {path}");
+    }
+    Ok(())
+}
+
+fn peer_request(cmd: PeerCommand) -> Result<Request> {
+    let text = |v: &[Cidr]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let path = |p: PathBuf| -> Result<String> {
+        // The daemon reads the file, maybe from another working directory.
+        let abs = std::path::absolute(&p).with_context(|| format!("bad path {}", p.display()))?;
+        Ok(abs.display().to_string())
+    };
+    Ok(match cmd {
+        PeerCommand::Add {
+            name,
+            public_key,
+            allowed_ips,
+            endpoint,
+            persistent_keepalive,
+            preshared_key_file,
+            save,
+        } => Request::PeerAdd {
+            peer: PeerArgs {
+                name,
+                public_key: public_key.to_string(),
+                allowed_ips: text(&allowed_ips),
+                endpoint: endpoint.map(|e| e.to_string()),
+                persistent_keepalive,
+                preshared_key_file: preshared_key_file.map(path).transpose()?,
+            },
+            save,
+        },
+        PeerCommand::Set {
+            name,
+            rename,
+            public_key,
+            allowed_ips,
+            endpoint,
+            no_endpoint,
+            persistent_keepalive,
+            no_persistent_keepalive,
+            preshared_key_file,
+            no_preshared_key,
+            save,
+        } => Request::PeerSet {
+            name,
+            changes: PeerChanges {
+                rename,
+                public_key: public_key.map(|k| k.to_string()),
+                allowed_ips: allowed_ips.map(|v| text(&v)),
+                endpoint: endpoint.map(|e| e.to_string()),
+                clear_endpoint: no_endpoint,
+                persistent_keepalive,
+                clear_persistent_keepalive: no_persistent_keepalive,
+                preshared_key_file: preshared_key_file.map(path).transpose()?,
+                clear_preshared_key: no_preshared_key,
+            },
+            save,
+        },
+        PeerCommand::Remove { name_or_key, save } => Request::PeerRemove {
+            peer: name_or_key,
+            save,
+        },
+    })
 }
 
 /// Like `wg genkey`: a secret written to a file others can read gets a warning on stderr.

@@ -1,42 +1,43 @@
 //! The control socket server (`/run/sitelink/<name>.sock`, protocol in
 //! `sitelink_config::control`). Owns: the socket's directory and mode, stale-socket
-//! detection, per-connection limits (size, time). Every client is served on its own task,
-//! so a slow or hostile client never blocks the packet loop or other clients.
+//! detection, per-connection checks (credentials, size, time), and turning requests into
+//! desired configs for [`State::apply`]. Every client is served on its own task, so a slow
+//! or hostile client never blocks the packet loop or other clients.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sitelink_config::control::{
-    InterfaceStatus, PeerStatus, Request, Response, Status, MAX_REQUEST,
+    ChangeReply, InterfaceStatus, PeerArgs, PeerChanges, PeerStatus, Request, Response, Status,
+    MAX_REQUEST,
 };
-use sitelink_engine::Engine;
+use sitelink_config::{Cidr, Config, Endpoint, Peer, PublicKey};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::access::Access;
+use crate::state::{State, Summary};
 
-/// What `show` reports about the interface besides the engine's peers.
-pub struct Shared {
-    pub engine: Arc<Mutex<Engine>>,
-    pub name: String,
-    pub listen_port: u16,
-    pub addresses: Vec<String>,
-    pub mtu: u16,
-}
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds the control socket: directory 0750, socket 0660. Refuses to start when another
-/// daemon answers on the path; removes a stale socket left by a crash.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// Binds a local socket at `path`: its directory is created with `dir_mode`, the socket
+/// gets mode 0660 and the control group. Refuses to start when another daemon answers on
+/// the path; removes a stale socket left by a crash.
+pub fn bind(path: &Path, dir_mode: u32, access: &Access) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .with_context(|| format!("cannot create control socket directory {}", dir.display()))?;
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode)
+                .create(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+            access.secure(dir, dir_mode)?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -46,22 +47,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             );
         }
         fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
+        .with_context(|| format!("cannot bind socket {}", path.display()))?;
+    access.secure(path, 0o660)?;
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, access: Arc<Access>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = Arc::clone(&shared);
+                let state = Arc::clone(&state);
+                let access = Arc::clone(&access);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &shared).await {
+                    if let Err(e) = handle(stream, &state, &access).await {
                         tracing::debug!(error = %e, "control client");
                     }
                 });
@@ -74,26 +75,39 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> std::io::Result<()> {
+    let refused = access.check(&stream).err();
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
-    let mut line = Vec::new();
-    let response =
-        match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-            Err(_) => Response::Err {
-                error: format!("request not completed within {CLIENT_TIMEOUT:?}"),
-            },
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::Err {
-                error: format!("request larger than {MAX_REQUEST} bytes"),
-            },
-            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => respond(request, shared),
-                Err(e) => Response::Err {
-                    error: format!("malformed request: {e}"),
+    let response = match refused {
+        Some(error) => {
+            tracing::warn!(%error, "refused control client");
+            Response::Err { error }
+        }
+        None => {
+            let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+            let mut line = Vec::new();
+            match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+                Err(_) => Response::Err {
+                    error: format!("request not completed within {CLIENT_TIMEOUT:?}"),
                 },
-            },
-        };
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::Err {
+                    error: format!("request larger than {MAX_REQUEST} bytes"),
+                },
+                Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(request) => match respond(request, state).await {
+                        Ok(ok) => Response::Ok { ok },
+                        Err(e) => Response::Err {
+                            error: format!("{e:#}"),
+                        },
+                    },
+                    Err(e) => Response::Err {
+                        error: format!("malformed request: {e}"),
+                    },
+                },
+            }
+        }
+    };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(&out))
@@ -101,19 +115,156 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::other("client did not read its response"))?
 }
 
-fn respond(request: Request, shared: &Shared) -> Response {
-    match request {
-        Request::Show => match serde_json::to_value(status(shared)) {
-            Ok(v) => Response::Ok { ok: v },
-            Err(e) => Response::Err {
-                error: format!("cannot encode status: {e}"),
-            },
-        },
-    }
+async fn respond(request: Request, state: &Mutex<State>) -> Result<serde_json::Value> {
+    let mut state = state.lock().await;
+    let (summary, save) = match request {
+        Request::Show => return Ok(serde_json::to_value(status(&state))?),
+        Request::Reload => {
+            let summary = state.reload().await?;
+            tracing::info!(%summary, "reloaded");
+            (summary, false)
+        }
+        Request::Save => (Summary::default(), true),
+        Request::PeerAdd { peer, save } => {
+            let mut new = state.config.clone();
+            new.peers.push(new_peer(&new, peer)?);
+            (change(&mut state, new).await?, save)
+        }
+        Request::PeerRemove { peer, save } => {
+            let mut new = state.config.clone();
+            let at = find_peer(&new, &peer)?;
+            new.peers.remove(at);
+            (change(&mut state, new).await?, save)
+        }
+        Request::PeerSet {
+            name,
+            changes,
+            save,
+        } => {
+            let mut new = state.config.clone();
+            let at = find_peer(&new, &name)?;
+            set_fields(&mut new.peers[at], changes, &state.config.path)?;
+            (change(&mut state, new).await?, save)
+        }
+    };
+    let saved = if save {
+        state.config.save()?;
+        tracing::info!(path = %state.config.path.display(), "saved running peers to the config file");
+        Some(state.config.path.display().to_string())
+    } else {
+        None
+    };
+    let reply = ChangeReply {
+        summary: summary.to_string(),
+        details: serde_json::to_value(&summary)?,
+        saved,
+    };
+    Ok(serde_json::to_value(reply)?)
 }
 
-pub fn status(shared: &Shared) -> Status {
-    let engine = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+async fn change(state: &mut State, new: Config) -> Result<Summary> {
+    let summary = state.apply(new).await?;
+    tracing::info!(%summary, "peers changed");
+    Ok(summary)
+}
+
+fn find_peer(config: &Config, name_or_key: &str) -> Result<usize> {
+    let key: Option<PublicKey> = name_or_key.parse().ok();
+    config
+        .peers
+        .iter()
+        .position(|p| p.name == name_or_key || Some(p.public_key) == key)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+            anyhow!(
+                "no peer named {name_or_key:?} (peers: {})",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })
+}
+
+fn new_peer(config: &Config, args: PeerArgs) -> Result<Peer> {
+    let mut peer = Peer {
+        name: args.name,
+        public_key: parse("public-key", &args.public_key)?,
+        preshared_key: None,
+        preshared_key_file: None,
+        endpoint: None,
+        allowed_ips: Vec::new(),
+        persistent_keepalive: None,
+    };
+    let changes = PeerChanges {
+        allowed_ips: Some(args.allowed_ips),
+        endpoint: args.endpoint,
+        persistent_keepalive: args.persistent_keepalive,
+        preshared_key_file: args.preshared_key_file,
+        ..PeerChanges::default()
+    };
+    set_fields(&mut peer, changes, &config.path)?;
+    Ok(peer)
+}
+
+/// Applies the operator's changes to a copy of a peer, parsing each field with the config
+/// types (the daemon never trusts the client's parsing). Cross-peer rules are checked by
+/// `Config::validate` in `State::apply`.
+fn set_fields(peer: &mut Peer, c: PeerChanges, config_path: &Path) -> Result<()> {
+    if let Some(name) = c.rename {
+        peer.name = name;
+    }
+    let name = peer.name.clone();
+    let scope = |key: &str| format!("peer {name:?}: {key}");
+    if let Some(key) = c.public_key {
+        peer.public_key = parse(&scope("public-key"), &key)?;
+    }
+    if let Some(ips) = c.allowed_ips {
+        peer.allowed_ips = ips
+            .iter()
+            .map(|s| parse::<Cidr>(&scope("allowed-ips"), s))
+            .collect::<Result<_>>()?;
+    }
+    if c.clear_endpoint {
+        peer.endpoint = None;
+    }
+    if let Some(e) = c.endpoint {
+        peer.endpoint = Some(parse::<Endpoint>(&scope("endpoint"), &e)?);
+    }
+    if c.clear_persistent_keepalive {
+        peer.persistent_keepalive = None;
+    }
+    if let Some(k) = c.persistent_keepalive {
+        peer.persistent_keepalive = Some(k);
+    }
+    if c.clear_preshared_key {
+        peer.preshared_key = None;
+        peer.preshared_key_file = None;
+    }
+    if let Some(file) = c.preshared_key_file {
+        let path = PathBuf::from(&file);
+        let resolved = match config_path.parent() {
+            Some(dir) if path.is_relative() => dir.join(&path),
+            _ => path.clone(),
+        };
+        peer.preshared_key = Some(sitelink_config::load_preshared_key_file(
+            &resolved, &peer.name,
+        )?);
+        peer.preshared_key_file = Some(path);
+    }
+    Ok(())
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| anyhow!("{what}: {text:?}: {e}"))
+}
+
+pub fn status(state: &State) -> Status {
+    let engine = state.lock_engine();
     let c = engine.counters();
     let dropped = [
         ("no_route", c.no_route),
@@ -140,13 +291,14 @@ pub fn status(shared: &Shared) -> Status {
             persistent_keepalive: p.persistent_keepalive,
         })
         .collect();
+    let iface = &state.config.interface;
     Status {
         interface: InterfaceStatus {
-            name: shared.name.clone(),
+            name: iface.name.to_string(),
             public_key: engine.public_key().to_string(),
-            listen_port: shared.listen_port,
-            addresses: shared.addresses.clone(),
-            mtu: shared.mtu,
+            listen_port: state.listen_port,
+            addresses: iface.addresses.iter().map(|c| c.to_string()).collect(),
+            mtu: iface.mtu,
             dropped,
         },
         peers,
@@ -159,9 +311,9 @@ fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes the socket file at exit.
-pub fn remove(path: &PathBuf) {
+/// Removes a socket file at exit.
+pub fn remove(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
-        tracing::debug!(path = %path.display(), error = %e, "control socket already gone");
+        tracing::debug!(path = %path.display(), error = %e, "socket already gone");
     }
 }

@@ -5,23 +5,33 @@
 //! control sockets, then start the packet loop. SIGTERM/SIGINT stop the loop, remove the
 //! routes we added and the interface, and exit 0.
 
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod access;
 mod control;
 mod dataplane;
 mod netlink;
+mod state;
+mod uapi_server;
 mod udp;
 
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sitelink_config::{Config, Endpoint, InterfaceName};
-use sitelink_engine::{Engine, Instant, PeerId, PeerSpec};
+use sitelink_config::{Config, InterfaceName};
+use sitelink_engine::{Engine, Instant};
+
+use crate::access::Access;
+use crate::state::State;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -74,75 +84,77 @@ fn run(args: &Args) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     let iface = &config.interface;
-    let name = iface.name.clone();
-    let tun = create_tun(&name)?;
+    let access = Arc::new(Access::new(iface.control_group.as_deref())?);
+    let tun = create_tun(&iface.name)?;
     let index = tun
         .if_index()
-        .with_context(|| format!("cannot read the index of interface {name}"))?;
-
-    let mut nl = netlink::Netlink::open(index)?;
-    let setup = async {
-        nl.configure_link(iface.mtu, &iface.addresses)
-            .await
-            .with_context(|| format!("cannot configure interface {name}"))?;
-        for peer in &config.peers {
-            for cidr in &peer.allowed_ips {
-                nl.add_route(*cidr)
-                    .await
-                    .with_context(|| format!("peer {:?}", peer.name))?;
-            }
-        }
-        anyhow::Ok(())
-    };
-    if let Err(e) = setup.await {
-        nl.teardown().await;
-        return Err(e);
-    }
-
-    let result = run_interface(&config, tun).await;
-    nl.teardown().await;
+        .with_context(|| format!("cannot read the index of interface {}", iface.name))?;
+    // The UDP port first: if it is taken, nothing has been configured yet.
+    let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0))?;
+    let listen_port = udp.local_port()?;
+    let engine = Arc::new(Mutex::new(Engine::new(
+        &iface.private_key,
+        Instant::now(),
+        SystemTime::now(),
+    )));
+    let netlink = netlink::Netlink::open(index)?;
+    let state = State::start(config, Arc::clone(&engine), netlink, listen_port).await?;
+    let state = Arc::new(tokio::sync::Mutex::new(state));
+    let result = run_interface(Arc::clone(&state), engine, tun, udp, access).await;
+    state.lock().await.teardown().await;
     result
 }
 
-/// Everything after the interface exists: sockets, engine, packet loop, signals.
-async fn run_interface(config: &Config, tun: tun_rs::SyncDevice) -> Result<()> {
-    let iface = &config.interface;
-    let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0))?;
-    let listen_port = udp.local_port()?;
+/// Everything after the interface is configured: sockets, packet loop, signals.
+async fn run_interface(
+    state: Arc<tokio::sync::Mutex<State>>,
+    engine: Arc<Mutex<Engine>>,
+    tun: tun_rs::SyncDevice,
+    udp: udp::Udp,
+    access: Arc<Access>,
+) -> Result<()> {
+    let (name, peers, listen_port) = {
+        let s = state.lock().await;
+        (
+            s.config.interface.name.clone(),
+            s.config.peers.len(),
+            s.listen_port,
+        )
+    };
+    let public_key = engine
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .public_key();
 
-    let mut engine = Engine::new(&iface.private_key, Instant::now(), SystemTime::now());
-    let mut to_resolve = Vec::new();
-    for peer in &config.peers {
-        let id = engine
-            .add_peer(PeerSpec {
-                name: peer.name.clone(),
-                public_key: peer.public_key,
-                preshared_key: peer.preshared_key.clone(),
-                endpoint: peer.endpoint.as_ref().and_then(Endpoint::ip),
-                allowed_ips: peer.allowed_ips.clone(),
-                persistent_keepalive: peer.persistent_keepalive,
-            })
-            .with_context(|| format!("{}", config.path.display()))?;
-        if let Some(ep) = peer.endpoint.as_ref().filter(|e| e.ip().is_none()) {
-            to_resolve.push((id, peer.name.clone(), ep.clone()));
+    let socket_path = sitelink_config::control_socket_path(&name);
+    let listener = control::bind(&socket_path, 0o750, &access)?;
+    tokio::spawn(control::serve(
+        listener,
+        Arc::clone(&state),
+        Arc::clone(&access),
+    ));
+    // The WireGuard UAPI directory is shared with other implementations: create it like
+    // they do (0755) and leave its ownership alone.
+    let uapi_path = uapi_server::socket_path(name.as_str());
+    if let Some(dir) = uapi_path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let uapi_listener = match control::bind(&uapi_path, 0o755, &access) {
+        Ok(l) => l,
+        Err(e) => {
+            control::remove(&socket_path);
+            return Err(e);
         }
-    }
-    let public_key = engine.public_key();
-    let engine = Arc::new(Mutex::new(engine));
-
-    let socket_path = sitelink_config::control_socket_path(&iface.name);
-    let listener = control::bind(&socket_path)?;
-    let shared = Arc::new(control::Shared {
-        engine: Arc::clone(&engine),
-        name: iface.name.to_string(),
-        listen_port,
-        addresses: iface.addresses.iter().map(|c| c.to_string()).collect(),
-        mtu: iface.mtu,
-    });
-    tokio::spawn(control::serve(listener, shared));
-    for (id, peer, endpoint) in to_resolve {
-        tokio::spawn(resolve_endpoint(Arc::clone(&engine), id, peer, endpoint));
-    }
+    };
+    tokio::spawn(uapi_server::serve(
+        uapi_listener,
+        Arc::clone(&state),
+        Arc::clone(&access),
+    ));
 
     let (wake_tx, wake_rx) =
         UnixDatagram::pair().context("cannot create the wake-up socket pair")?;
@@ -154,7 +166,7 @@ async fn run_interface(config: &Config, tun: tun_rs::SyncDevice) -> Result<()> {
         wake: wake_rx,
         stop: Arc::clone(&stop),
     };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("sitelink-packets".into())
         .spawn(move || {
@@ -164,15 +176,22 @@ async fn run_interface(config: &Config, tun: tun_rs::SyncDevice) -> Result<()> {
         })
         .context("cannot start the packet thread")?;
 
-    tracing::info!(interface = %iface.name, public_key = %public_key, listen_port,
-        peers = config.peers.len(), control = %socket_path.display(), "sitelinkd running");
+    tracing::info!(interface = %name, public_key = %public_key, listen_port, peers,
+        control = %socket_path.display(), "sitelinkd running");
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = done_rx => tracing::error!("packet loop stopped"),
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = &mut done_rx => { tracing::error!("packet loop stopped"); break }
+            _ = hup.recv() => match state.lock().await.reload().await {
+                Ok(summary) => tracing::info!(%summary, "SIGHUP: reloaded"),
+                Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e:#}"),
+            },
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let _ = wake_tx.send(b"x");
@@ -180,6 +199,7 @@ async fn run_interface(config: &Config, tun: tun_rs::SyncDevice) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the packet thread panicked"))?;
     control::remove(&socket_path);
+    control::remove(&uapi_path);
     loop_result.context("packet loop failed")
 }
 
@@ -212,39 +232,4 @@ fn create_tun(name: &InterfaceName) -> Result<tun_rs::SyncDevice> {
             anyhow::Error::new(e).context(format!("{what} ({hint})"))
         }
     })
-}
-
-/// Resolves a host-name endpoint, retrying with backoff until it succeeds. A name that
-/// does not resolve at boot (DNS not ready yet) is a warning, not a failure.
-async fn resolve_endpoint(
-    engine: Arc<Mutex<Engine>>,
-    id: PeerId,
-    peer: String,
-    endpoint: Endpoint,
-) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        let ep = endpoint.clone();
-        let result = tokio::task::spawn_blocking(move || ep.resolve()).await;
-        match result {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                let addr = addrs[0];
-                tracing::info!(peer, %endpoint, %addr, "resolved endpoint");
-                engine
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_endpoint(id, addr);
-                return;
-            }
-            Ok(Ok(_)) => {
-                tracing::warn!(peer, %endpoint, retry_in = ?delay, "endpoint resolved to no addresses")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(peer, %endpoint, error = %e, retry_in = ?delay, "cannot resolve endpoint")
-            }
-            Err(e) => tracing::warn!(peer, %endpoint, error = %e, "resolver task failed"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(60));
-    }
 }

@@ -6,6 +6,7 @@ use std::io;
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use sitelink_config::Cidr;
@@ -31,6 +32,21 @@ impl Netlink {
 
     /// Sets the MTU, adds the addresses and brings the link up.
     pub async fn configure_link(&self, mtu: u16, addresses: &[Cidr]) -> Result<()> {
+        self.set_mtu(mtu).await?;
+        for cidr in addresses {
+            self.add_address(*cidr).await?;
+        }
+        let up = LinkUnspec::new_with_index(self.index).up().build();
+        self.handle
+            .link()
+            .set(up)
+            .execute()
+            .await
+            .map_err(to_io)
+            .context("cannot bring the interface up")
+    }
+
+    pub async fn set_mtu(&self, mtu: u16) -> Result<()> {
         let msg = LinkUnspec::new_with_index(self.index)
             .mtu(u32::from(mtu))
             .build();
@@ -40,29 +56,50 @@ impl Netlink {
             .execute()
             .await
             .map_err(to_io)
-            .with_context(|| format!("cannot set MTU {mtu}"))?;
-        for cidr in addresses {
-            let added = self
-                .handle
-                .address()
-                .add(self.index, cidr.addr(), cidr.prefix_len())
-                .execute()
-                .await
-                .map_err(to_io);
-            match added {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot add address {cidr}")),
-            }
-        }
-        let up = LinkUnspec::new_with_index(self.index).up().build();
-        self.handle
-            .link()
-            .set(up)
+            .with_context(|| format!("cannot set MTU {mtu}"))
+    }
+
+    /// Adds an address (already present is fine).
+    pub async fn add_address(&self, cidr: Cidr) -> Result<()> {
+        let added = self
+            .handle
+            .address()
+            .add(self.index, cidr.addr(), cidr.prefix_len())
             .execute()
             .await
+            .map_err(to_io);
+        match added {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                Err(e).with_context(|| format!("cannot add address {cidr}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes an address (already gone is fine).
+    pub async fn remove_address(&self, cidr: Cidr) -> Result<()> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.index)
+            .set_address_filter(cidr.addr())
+            .set_prefix_length_filter(cidr.prefix_len())
+            .execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
             .map_err(to_io)
-            .context("cannot bring the interface up")?;
+            .context("cannot list addresses")?
+        {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(to_io)
+                .with_context(|| format!("cannot remove address {cidr}"))?;
+        }
         Ok(())
     }
 
@@ -94,6 +131,21 @@ impl Netlink {
                 Ok(())
             }
             Err(e) => Err(e).with_context(|| format!("cannot add route {net}")),
+        }
+    }
+
+    /// Removes the route for `cidr` if we added it.
+    pub async fn remove_route(&mut self, cidr: Cidr) -> Result<()> {
+        let net = cidr.network();
+        let Some(at) = self.routes.iter().position(|(c, _)| *c == net) else {
+            return Ok(());
+        };
+        let (_, msg) = self.routes.remove(at);
+        match self.handle.route().del(msg).execute().await.map_err(to_io) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                Err(e).with_context(|| format!("cannot remove route {net}"))
+            }
+            _ => Ok(()),
         }
     }
 

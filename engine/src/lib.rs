@@ -501,6 +501,10 @@ impl Engine {
             }
         };
         if authenticated {
+            // Status shows a handshake the moment it completes, not at the next tick.
+            if kind != 4 || !peer.up {
+                note_handshake(peer, self.wall);
+            }
             peer.rx_bytes += datagram.len() as u64;
             if peer.endpoint != Some(from) {
                 if peer.endpoint.is_some() {
@@ -696,23 +700,7 @@ impl Engine {
                 _ => None,
             }
         });
-        if let Some(since) = peer.tunn.stats().0 {
-            // boringtun reports time since the handshake; a new handshake shows as a jump.
-            let at = wall.checked_sub(since).unwrap_or(wall);
-            let is_new = match peer.last_handshake {
-                None => true,
-                Some(prev) => at > prev + Duration::from_secs(1),
-            };
-            if is_new {
-                peer.last_handshake = Some(at);
-                if !peer.up {
-                    peer.up = true;
-                    tracing::info!(peer = %peer.name, endpoint = ?peer.endpoint, "handshake completed, peer up");
-                } else {
-                    tracing::debug!(peer = %peer.name, "handshake completed (rekey)");
-                }
-            }
-        }
+        note_handshake(peer, wall);
         let range = out?;
         let endpoint = peer.endpoint?;
         peer.tx_bytes += range.len() as u64;
@@ -728,6 +716,29 @@ impl Engine {
                 return index;
             }
         }
+    }
+}
+
+/// Records a completed handshake's wall-clock time (and the peer coming up) once boringtun
+/// reports a session. boringtun gives time since the handshake; a new one shows as a jump.
+fn note_handshake(peer: &mut Peer, wall: SystemTime) {
+    let Some(since) = peer.tunn.stats().0 else {
+        return;
+    };
+    let at = wall.checked_sub(since).unwrap_or(wall);
+    let is_new = match peer.last_handshake {
+        None => true,
+        Some(prev) => at > prev + Duration::from_secs(1),
+    };
+    if !is_new {
+        return;
+    }
+    peer.last_handshake = Some(at);
+    if !peer.up {
+        peer.up = true;
+        tracing::info!(peer = %peer.name, endpoint = ?peer.endpoint, "handshake completed, peer up");
+    } else {
+        tracing::debug!(peer = %peer.name, "handshake completed (rekey)");
     }
 }
 

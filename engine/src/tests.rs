@@ -570,6 +570,8 @@ fn preshared_key_change_starts_a_new_session() {
     let mut p = pair(None);
     p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
+    p.advance(Duration::from_secs(3));
+    let first = p.status_a().last_handshake.expect("first handshake");
     let changed_at = MockClock::time();
     MockClock::advance(Duration::from_millis(1));
     let psk = PresharedKey::generate();
@@ -584,4 +586,11 @@ fn preshared_key_change_starts_a_new_session() {
         "no re-handshake after the key change"
     );
     assert_eq!(p.b.tun_out.len(), 2, "data did not flow under the new key");
+    p.advance(Duration::from_millis(300));
+    let second = p.status_a().last_handshake.expect("second handshake");
+    assert!(
+        second > first,
+        "the new handshake was not recorded: {first:?} -> {second:?}"
+    );
+    assert!(p.status_a().up);
 }

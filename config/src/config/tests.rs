@@ -1064,3 +1064,335 @@ fn missing_config_file_names_the_path() {
     );
     assert!(std::error::Error::source(&error).is_some());
 }
+
+// ---------------------------------------------------------------------------------------------
+// control-group.
+
+#[test]
+fn control_group_is_parsed() {
+    let config = parse(&interface()).unwrap();
+    assert_eq!(config.interface.control_group, None, "default: root only");
+    for group in [
+        "sitelink",
+        "_sitelink",
+        "net-admin_2",
+        "machine$",
+        "a",
+        &"g".repeat(32),
+        &format!("{}$", "g".repeat(31)),
+    ] {
+        let text = format!("{}control-group = \"{group}\"\n", interface());
+        let config = parse(&text).unwrap_or_else(|e| panic!("{group:?}: {e}"));
+        assert_eq!(config.interface.control_group.as_deref(), Some(group));
+    }
+}
+
+#[test]
+fn bad_control_group() {
+    let cases: &[(&str, &str)] = &[
+        ("", "group name is empty"),
+        ("$", "group name is empty"),
+        ("Sitelink", "starts with 'S'"),
+        ("1sitelink", "starts with '1'"),
+        ("-sitelink", "starts with '-'"),
+        ("site link", "contains ' '"),
+        ("site.link", "contains '.'"),
+        ("siteLink", "contains 'L'"),
+        ("a$b", "contains '$'"),
+        ("grüppe", "contains 'ü'"),
+    ];
+    for (group, needle) in cases {
+        let text = format!("{}mtu = 1420\ncontrol-group = \"{group}\"\n", interface());
+        expect_error(
+            &text,
+            4,
+            "interface: control-group",
+            &[needle, "a group name is 1-32 characters", "\"sitelink\""],
+        );
+    }
+    let text = format!("{}control-group = \"{}\"\n", interface(), "g".repeat(33));
+    expect_error(
+        &text,
+        3,
+        "interface: control-group",
+        &["group name is 33 characters long"],
+    );
+    let text = format!("{}control-group = 1000\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: control-group",
+        &["wrong type: expected a string, found an integer"],
+    );
+}
+
+#[test]
+fn unknown_key_in_interface_lists_control_group() {
+    let text = format!("{}control_group = \"sitelink\"\n", interface());
+    expect_error(
+        &text,
+        3,
+        "interface: control_group",
+        &["unknown key", "`control-group`"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config::validate: the same rules on a config changed in memory, reported without a line.
+
+/// A valid config loaded from a key file, as a live change starts from: peers "site-b"
+/// (198.19.2.0/24, fd19:2::/64, keepalive 25) and "site-c" (198.19.3.0/24).
+fn live_config() -> (Dir, Config) {
+    let dir = Dir::new();
+    dir.write("sl0.key", &alice_b64(), 0o600);
+    let text = format!(
+        "[interface]\nprivate-key-file = \"sl0.key\"\nlisten-port = 51820\n\
+         address = [\"198.18.100.1/24\", \"fd18:100::1/64\"]\ncontrol-group = \"sitelink\"\n\n\
+         [[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\n\
+         allowed-ips = [\"198.19.2.0/24\", \"fd19:2::/64\"]\npersistent-keepalive = 25\n\n\
+         [[peer]]\nname = \"site-c\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.3.0/24\"]\n",
+        new_public(),
+        new_public()
+    );
+    let path = dir.write("sl0.toml", &text, 0o600);
+    let config = Config::load(&path).unwrap();
+    config.validate().unwrap();
+    (dir, config)
+}
+
+/// Asserts that `config` fails validation with a message that starts with `scope_key` and
+/// contains every needle, and has no file or line.
+#[track_caller]
+fn expect_live_error(config: &Config, scope_key: &str, needles: &[&str]) -> ConfigError {
+    let error = match config.validate() {
+        Ok(()) => panic!("validate() passed but should fail with {scope_key:?}"),
+        Err(e) => e,
+    };
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("{scope_key}: ")),
+        "expected {scope_key:?} first in: {message}"
+    );
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "expected {needle:?} in: {message}"
+        );
+    }
+    assert_eq!(error.line(), None, "{message}");
+    assert_eq!(error.path(), Path::new(""), "{message}");
+    assert!(!message.contains("sl0.toml"), "{message}");
+    assert!(
+        !message.contains(&alice_b64()),
+        "key material in: {message}"
+    );
+    error
+}
+
+fn cidr(text: &str) -> Cidr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn validate_accepts_a_loaded_config_and_valid_changes() {
+    let (_dir, mut config) = live_config();
+    config.validate().unwrap();
+    config.peers.push(Peer {
+        name: "site-d".into(),
+        public_key: new_public().parse().unwrap(),
+        preshared_key: None,
+        preshared_key_file: None,
+        endpoint: Some("198.51.100.4:51820".parse().unwrap()),
+        allowed_ips: vec![cidr("198.19.4.0/24"), cidr("fd19:4::/64")],
+        persistent_keepalive: Some(65535),
+    });
+    config.interface.listen_port = None;
+    config.interface.control_group = None;
+    config.validate().unwrap();
+    config.peers.clear();
+    config.validate().unwrap();
+}
+
+#[test]
+fn validate_mtu() {
+    let (_dir, mut config) = live_config();
+    config.interface.mtu = 575;
+    expect_live_error(
+        &config,
+        "interface: mtu",
+        &["575 is out of range; use 576-65535 (default 1420)"],
+    );
+    config.interface.mtu = 1279;
+    expect_live_error(
+        &config,
+        "interface: mtu",
+        &["1279 is below 1280, the IPv6 minimum, and address fd18:100::1/64 is IPv6"],
+    );
+    config.interface.addresses.retain(Cidr::is_ipv4);
+    config.validate().unwrap();
+}
+
+#[test]
+fn validate_duplicate_interface_address() {
+    let (_dir, mut config) = live_config();
+    config.interface.addresses.push(cidr("198.18.100.1/24"));
+    expect_live_error(
+        &config,
+        "interface: address",
+        &["198.18.100.1/24 is listed twice; remove one"],
+    );
+}
+
+#[test]
+fn validate_listen_port() {
+    let (_dir, mut config) = live_config();
+    config.interface.listen_port = Some(0);
+    expect_live_error(
+        &config,
+        "interface: listen-port",
+        &["0 is out of range; use a UDP port in 1-65535"],
+    );
+}
+
+#[test]
+fn validate_control_group() {
+    let (_dir, mut config) = live_config();
+    config.interface.control_group = Some("Wheel".into());
+    expect_live_error(
+        &config,
+        "interface: control-group",
+        &["group name \"Wheel\" starts with 'W'"],
+    );
+}
+
+#[test]
+fn validate_peer_name_syntax() {
+    let (_dir, mut config) = live_config();
+    config.peers[1].name = "site c".into();
+    let error = expect_live_error(
+        &config,
+        "peer #2: name",
+        &["peer name \"site c\" contains ' '", "use 1-63 letters"],
+    );
+    assert_eq!(error.key(), Some("name"));
+    config.peers[1].name = String::new();
+    expect_live_error(&config, "peer #2: name", &["peer name is empty"]);
+    config.peers[1].name = "c".repeat(64);
+    expect_live_error(&config, "peer #2: name", &["64 characters long"]);
+}
+
+#[test]
+fn validate_unique_peer_names() {
+    let (_dir, mut config) = live_config();
+    config.peers[1].name = "site-b".into();
+    let error = expect_live_error(
+        &config,
+        "peer \"site-b\": name",
+        &["duplicate peer name; another peer already uses it and peer names must be unique"],
+    );
+    assert_eq!(error.peer(), Some("site-b"));
+}
+
+#[test]
+fn validate_unique_public_keys() {
+    let (_dir, mut config) = live_config();
+    config.peers[1].public_key = config.peers[0].public_key;
+    expect_live_error(
+        &config,
+        "peer \"site-c\": public-key",
+        &["peer \"site-b\" already has this public key; each peer needs its own"],
+    );
+}
+
+#[test]
+fn validate_own_public_key() {
+    let (_dir, mut config) = live_config();
+    config.peers[0].public_key = config.interface.public_key();
+    let error = expect_live_error(
+        &config,
+        "peer \"site-b\": public-key",
+        &["this is the interface's own public key; set the remote site's public key"],
+    );
+    assert_eq!(error.key(), Some("public-key"));
+}
+
+#[test]
+fn validate_host_bits() {
+    let (_dir, mut config) = live_config();
+    config.peers[1].allowed_ips.push(cidr("198.19.5.1/24"));
+    expect_live_error(
+        &config,
+        "peer \"site-c\": allowed-ips",
+        &["198.19.5.1/24 has host bits set; did you mean 198.19.5.0/24?"],
+    );
+}
+
+#[test]
+fn validate_duplicate_allowed_ip_within_a_peer() {
+    let (_dir, mut config) = live_config();
+    config.peers[0].allowed_ips.push(cidr("fd19:2::/64"));
+    expect_live_error(
+        &config,
+        "peer \"site-b\": allowed-ips",
+        &["fd19:2::/64 is listed twice; remove one"],
+    );
+}
+
+#[test]
+fn validate_overlap_between_peers() {
+    let (_dir, mut config) = live_config();
+    config.peers[1].allowed_ips.push(cidr("198.19.2.0/24"));
+    let error = config.validate().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "peer \"site-c\": allowed-ips: 198.19.2.0/24 overlaps 198.19.2.0/24 of peer \"site-b\"; \
+         a destination can be routed to only one peer, so remove or narrow one of them"
+    );
+    assert_eq!(error.peer(), Some("site-c"));
+    assert_eq!(error.key(), Some("allowed-ips"));
+
+    config.peers[1].allowed_ips = vec![cidr("fd19::/16")];
+    expect_live_error(
+        &config,
+        "peer \"site-c\": allowed-ips",
+        &["fd19::/16 overlaps fd19:2::/64 of peer \"site-b\";"],
+    );
+}
+
+#[test]
+fn validate_keepalive() {
+    let (_dir, mut config) = live_config();
+    config.peers[0].persistent_keepalive = Some(0);
+    expect_live_error(
+        &config,
+        "peer \"site-b\": persistent-keepalive",
+        &["0 is not allowed; omit the key to disable keepalives"],
+    );
+    config.peers[0].persistent_keepalive = Some(1);
+    config.validate().unwrap();
+}
+
+#[test]
+fn live_errors_built_by_the_daemon_have_the_same_shape() {
+    let error = ConfigError::live_peer("site-b", "endpoint", "cannot resolve gw-b.example.net");
+    assert_eq!(
+        error.to_string(),
+        "peer \"site-b\": endpoint: cannot resolve gw-b.example.net"
+    );
+    assert_eq!(error.peer(), Some("site-b"));
+    assert_eq!(error.key(), Some("endpoint"));
+    assert_eq!((error.line(), error.column()), (None, None));
+    assert_eq!(error.path(), Path::new(""));
+    let error = ConfigError::live_interface(
+        "listen-port",
+        "cannot change while running; restart sitelinkd",
+    );
+    assert_eq!(
+        error.to_string(),
+        "interface: listen-port: cannot change while running; restart sitelinkd"
+    );
+    assert_eq!(error.peer(), None);
+    let error = ConfigError::live_interface("", "no key\nhere");
+    assert_eq!(error.to_string(), "interface: no key\\nhere");
+    assert_eq!(error.key(), None);
+}
