@@ -231,6 +231,7 @@ fn reload_during_a_transfer_keeps_the_connection() {
         "{}",
         summaries[1]
     );
+    eprintln!("reload during transfer: {report:?}");
     assert!(report.sent > 1 << 20, "{report:?}");
     assert_eq!(
         report.verified, report.sent,
@@ -537,4 +538,50 @@ fn sockets_refuse_strangers_and_survive_garbage() {
     assert!(reply.contains("not completed"), "{reply}");
     let reply = stalled_uapi.join().unwrap();
     assert!(reply.starts_with("errno=-"), "{reply}");
+}
+
+#[test]
+fn control_group_members_are_served() {
+    let sites = Sites::new();
+    let (private, _) = keypair();
+    let key = sites.dir.write("g.key", &format!("{private}\n"), 0o600);
+    let iface = sitelink_tests::unique("slg");
+    // nogroup (65534) exists on every Debian system.
+    let toml = format!(
+        "[interface]\nname = {iface:?}\nprivate-key-file = {:?}\ncontrol-group = \"nogroup\"\n",
+        key.display().to_string()
+    );
+    let conf = sites.dir.write("g.toml", &toml, 0o600);
+    let mut daemon = sites.sitelinkd(&sites.gw_a, &conf);
+    sites.wait_ready(&mut daemon, &iface);
+    fs::set_permissions(&sites.dir.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = sites.run_dir.join(format!("{iface}.sock"));
+    let meta = fs::metadata(&socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (65534, 0o660));
+    assert_eq!(fs::metadata(&sites.run_dir).unwrap().gid(), 65534);
+
+    let as_user = |uid: &str, gid: &str| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(sitelink_tests::bin("sitelinkctl"))
+            .args(["--interface", &iface, "show", "--json"])
+            .env("SITELINK_RUN_DIR", &sites.run_dir)
+            .output()
+            .unwrap()
+    };
+    let member = as_user("4242", "65534");
+    assert!(
+        member.status.success(),
+        "group member refused: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert!(String::from_utf8_lossy(&member.stdout).contains(&iface));
+    let stranger = as_user("4243", "4243");
+    assert_eq!(stranger.status.code(), Some(1));
 }
