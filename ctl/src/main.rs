@@ -11,116 +11,12 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use sitelink_config::control::{
     ChangeReply, PeerArgs, PeerChanges, PeerStatus, Request, Response, Status,
 };
-use sitelink_config::{Cidr, Endpoint, InterfaceName, PresharedKey, PrivateKey, PublicKey};
-
-/// Control a running sitelinkd and manage keys.
-#[derive(Debug, Parser)]
-#[command(name = "sitelinkctl", version, about)]
-struct Args {
-    /// Interface to talk to (default: the only one running).
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "SITELINK_INTERFACE",
-        value_name = "NAME"
-    )]
-    interface: Option<InterfaceName>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print a new private key (base64) to stdout.
-    Genkey,
-    /// Read a private key from stdin, print its public key.
-    Pubkey,
-    /// Print a new preshared key (base64) to stdout.
-    Genpsk,
-    /// Show the interface and its peers.
-    Show {
-        /// Machine-readable output (the schema is documented in the README).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add, change or remove peers of the running daemon (effective at once).
-    #[command(subcommand)]
-    Peer(PeerCommand),
-    /// Re-read the config file and apply the difference (like SIGHUP, but waits and reports).
-    Reload,
-    /// Write the running peer set back to the config file, keeping comments.
-    Save,
-}
-
-#[derive(Debug, Subcommand)]
-enum PeerCommand {
-    /// Add a peer.
-    Add {
-        /// A unique name for logs and status.
-        name: String,
-        #[arg(long, value_name = "BASE64")]
-        public_key: PublicKey,
-        /// Comma-separated prefixes routed to the peer.
-        #[arg(
-            long,
-            value_name = "CIDR[,CIDR]",
-            value_delimiter = ',',
-            required = true
-        )]
-        allowed_ips: Vec<Cidr>,
-        #[arg(long, value_name = "HOST:PORT")]
-        endpoint: Option<Endpoint>,
-        #[arg(long, value_name = "SECONDS")]
-        persistent_keepalive: Option<u16>,
-        #[arg(long, value_name = "FILE")]
-        preshared_key_file: Option<PathBuf>,
-        /// Also write the change to the config file.
-        #[arg(long)]
-        save: bool,
-    },
-    /// Change a peer. The session is kept unless its keys change.
-    Set {
-        name: String,
-        #[arg(long, value_name = "NAME")]
-        rename: Option<String>,
-        #[arg(long, value_name = "BASE64")]
-        public_key: Option<PublicKey>,
-        #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
-        allowed_ips: Option<Vec<Cidr>>,
-        #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_endpoint")]
-        endpoint: Option<Endpoint>,
-        /// Forget the configured endpoint (the peer must contact us).
-        #[arg(long)]
-        no_endpoint: bool,
-        #[arg(
-            long,
-            value_name = "SECONDS",
-            conflicts_with = "no_persistent_keepalive"
-        )]
-        persistent_keepalive: Option<u16>,
-        #[arg(long)]
-        no_persistent_keepalive: bool,
-        #[arg(long, value_name = "FILE", conflicts_with = "no_preshared_key")]
-        preshared_key_file: Option<PathBuf>,
-        #[arg(long)]
-        no_preshared_key: bool,
-        /// Also write the change to the config file.
-        #[arg(long)]
-        save: bool,
-    },
-    /// Remove a peer (by name or public key); its routes go with it.
-    Remove {
-        name_or_key: String,
-        /// Also write the change to the config file.
-        #[arg(long)]
-        save: bool,
-    },
-}
+use sitelink_config::{Cidr, InterfaceName, PresharedKey, PrivateKey};
+use sitelinkctl::cli::{Args, Command, PeerCommand};
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -19,7 +19,6 @@ mod udp;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,23 +28,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use sitelink_config::{Config, InterfaceName};
 use sitelink_engine::{Engine, Instant};
+use sitelinkd::cli::Args;
 
 use crate::access::Access;
 use crate::state::State;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
-
-/// sitelink daemon: a WireGuard-compatible site-to-site tunnel.
-#[derive(Debug, Parser)]
-#[command(name = "sitelinkd", version, about)]
-struct Args {
-    /// Configuration file (TOML); see the README's configuration reference.
-    #[arg(short, long, env = "SITELINK_CONFIG", value_name = "PATH")]
-    config: PathBuf,
-    /// More logging: -v debug, -vv trace (RUST_LOG overrides).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
