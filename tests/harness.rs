@@ -415,11 +415,16 @@ impl Sites {
 
     /// Starts sitelinkd in `gw` with `config` (a TOML file path).
     pub fn sitelinkd(&self, gw: &Netns, config: &Path) -> Process {
+        self.sitelinkd_env(gw, config, &[])
+    }
+
+    pub fn sitelinkd_env(&self, gw: &Netns, config: &Path, env: &[(&str, &str)]) -> Process {
         let mut cmd = gw.cmd(bin("sitelinkd"));
         cmd.arg("--config")
             .arg(config)
             .arg("-v")
-            .env("SITELINK_RUN_DIR", &self.run_dir);
+            .env("SITELINK_RUN_DIR", &self.run_dir)
+            .envs(env.iter().copied());
         let log = self.dir.0.join(format!("{}.log", gw.name));
         Process::spawn("sitelinkd", cmd, log)
     }
@@ -563,6 +568,17 @@ impl Sites {
     /// more peers); A has peer "site-b" unless `a_has_peer` is false (then B waits for a
     /// peer that an operator adds to A at run time).
     pub fn start_pair(&self, a_has_peer: bool, a_extra: &str) -> Pair {
+        self.start_pair_with(a_has_peer, "", a_extra, &[])
+    }
+
+    /// [`Sites::start_pair`] with extra `[interface]` lines and environment for gateway A.
+    pub fn start_pair_with(
+        &self,
+        a_has_peer: bool,
+        a_interface: &str,
+        a_extra: &str,
+        a_env: &[(&str, &str)],
+    ) -> Pair {
         let (a_priv, a_pub) = keypair();
         let (b_priv, b_pub) = keypair();
         let a_key = self.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
@@ -572,6 +588,7 @@ impl Sites {
             "# Gateway A: site A's LAN is 198.19.1.0/24.\n[interface]\nname = {a_if:?}\nprivate-key-file = {:?}   # 0600\nlisten-port = 51820\naddress = [\"198.18.100.1/24\", \"fd18:100::1/64\"]\n",
             a_key.display().to_string()
         );
+        a_toml += a_interface;
         if a_has_peer {
             a_toml += &site_b_peer(&b_pub);
         }
@@ -595,7 +612,7 @@ impl Sites {
         .toml();
         let a_conf = self.dir.write(&format!("{a_if}.toml"), &a_toml, 0o600);
         let b_conf = self.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
-        let mut gw_a = self.sitelinkd(&self.gw_a, &a_conf);
+        let mut gw_a = self.sitelinkd_env(&self.gw_a, &a_conf, a_env);
         let mut gw_b = self.sitelinkd(&self.gw_b, &b_conf);
         self.wait_ready(&mut gw_a, &a_if);
         self.wait_ready(&mut gw_b, &b_if);

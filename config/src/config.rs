@@ -61,6 +61,9 @@ pub struct Interface {
     /// `control-group`: a group whose members may use the control and UAPI sockets
     /// (default: root only).
     pub control_group: Option<String>,
+    /// `user`: the account sitelinkd switches to after creating the interface when started
+    /// as root (keeping only CAP_NET_ADMIN).
+    pub user: Option<String>,
 }
 
 impl Interface {
@@ -104,8 +107,18 @@ impl Config {
     /// On top of [`Config::parse`], refuses a file that holds an inline `private-key` or
     /// `preshared-key` while group or others have any permission on it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_private_key(path, None)
+    }
+
+    /// [`Config::load`], but with the private key supplied by the caller (systemd's
+    /// `LoadCredential=`) when `private_key` is `Some`: the config's `private-key-file` is then
+    /// not read at all (the service user need not be able to read it).
+    pub fn load_with_private_key(
+        path: &Path,
+        private_key: Option<PrivateKey>,
+    ) -> Result<Config, ConfigError> {
         let (text, mode) = read_config_file(path)?;
-        let (config, inline_secret) = parse_config(&text, path)?;
+        let (config, inline_secret) = parse_config(&text, path, private_key)?;
         if let Some(secret) = inline_secret {
             if mode & 0o077 != 0 {
                 let source = Source { path, text: &text };
@@ -133,7 +146,7 @@ impl Config {
     /// directory that relative key file paths start from. Key files are read and
     /// permission-checked; the config file itself is not touched.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        parse_config(text, path).map(|(config, _)| config)
+        parse_config(text, path, None).map(|(config, _)| config)
     }
 
     /// Runs every check [`Config::parse`] makes on the values themselves, on this config as it
@@ -159,6 +172,9 @@ impl Config {
             check_address(cidr, &iface.addresses[..i]).map_err(|m| err("address", m))?;
         }
         check_mtu(iface.mtu.into(), &iface.addresses).map_err(|m| err("mtu", m))?;
+        if let Some(user) = &iface.user {
+            check_user_name(user).map_err(|m| err("user", m))?;
+        }
         if let Some(group) = &iface.control_group {
             check_group_name(group).map_err(|m| err("control-group", m))?;
         }
@@ -226,6 +242,7 @@ struct RawInterface {
     address: Vec<Spanned<String>>,
     mtu: Option<Spanned<Int>>,
     control_group: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -278,12 +295,16 @@ fn in_range<T: TryFrom<i128>>(value: i128, range: Range<i128>) -> Option<T> {
 // ---------------------------------------------------------------------------------------------
 // Steps 2 and 3: raw values into domain types, then whole-file checks.
 
-fn parse_config(text: &str, path: &Path) -> Result<(Config, Option<InlineSecret>), ConfigError> {
+fn parse_config(
+    text: &str,
+    path: &Path,
+    credential: Option<PrivateKey>,
+) -> Result<(Config, Option<InlineSecret>), ConfigError> {
     let source = Source { path, text };
     let raw = parse_raw(&source)?;
 
     let mut inline_secret = None;
-    let interface = build_interface(&source, raw.interface, &mut inline_secret)?;
+    let interface = build_interface(&source, raw.interface, &mut inline_secret, credential)?;
     let own_public_key = interface.public_key();
 
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.peer.len());
@@ -379,6 +400,7 @@ fn build_interface(
     source: &Source<'_>,
     raw: Spanned<RawInterface>,
     inline_secret: &mut Option<InlineSecret>,
+    credential: Option<PrivateKey>,
 ) -> Result<Interface, ConfigError> {
     let header = raw.span();
     let raw = raw.into_inner();
@@ -424,12 +446,14 @@ fn build_interface(
                 key: "private-key",
                 what: "private key",
             });
-            parse_key::<PrivateKey>(inline.get_ref(), KeyKind::Private)
-                .map_err(|message| err(inline.span(), "private-key", message))?
+            let inline = parse_key::<PrivateKey>(inline.get_ref(), KeyKind::Private)
+                .map_err(|message| err(inline.span(), "private-key", message))?;
+            credential.unwrap_or(inline)
         }
-        (None, Some(file)) => {
-            read_key_file(source, file, &scope, "private-key-file", KeyKind::Private)?
-        }
+        (None, Some(file)) => match credential {
+            Some(key) => key,
+            None => read_key_file(source, file, &scope, "private-key-file", KeyKind::Private)?,
+        },
     };
 
     let listen_port = match &raw.listen_port {
@@ -468,6 +492,14 @@ fn build_interface(
         }
     };
 
+    let user = match &raw.user {
+        None => None,
+        Some(user) => {
+            check_user_name(user.get_ref()).map_err(|message| err(user.span(), "user", message))?;
+            Some(user.get_ref().clone())
+        }
+    };
+
     Ok(Interface {
         name,
         private_key,
@@ -475,6 +507,7 @@ fn build_interface(
         addresses,
         mtu,
         control_group,
+        user,
     })
 }
 
@@ -518,18 +551,30 @@ fn check_mtu(mtu: i128, addresses: &[Cidr]) -> Result<u16, String> {
 /// A Unix group name as `groupadd` accepts it by default: 1-32 characters, a lowercase letter or
 /// `_` first, then lowercase letters, digits, `_` or `-`, and optionally a final `$`.
 fn check_group_name(name: &str) -> Result<(), String> {
-    const RULE: &str = "a group name is 1-32 characters: a lowercase letter or `_` first, then \
-                        lowercase letters, digits, `_` or `-` (a final `$` is allowed), e.g. \
-                        \"sitelink\"";
+    check_account_name(name, "group", "or omit control-group to allow root only")
+}
+
+fn check_user_name(name: &str) -> Result<(), String> {
+    check_account_name(
+        name,
+        "user",
+        "or omit user to keep the user sitelinkd was started as",
+    )
+}
+
+/// A Unix user or group name (`what`), as Debian's adduser accepts by default.
+fn check_account_name(name: &str, what: &str, omit: &str) -> Result<(), String> {
+    let rule = format!(
+        "a {what} name is 1-32 characters: a lowercase letter or `_` first, then lowercase \
+         letters, digits, `_` or `-` (a final `$` is allowed), e.g. \"sitelink\""
+    );
     let body = name.strip_suffix('$').unwrap_or(name);
     if body.is_empty() {
-        return Err(format!(
-            "group name is empty; {RULE}; or omit control-group to allow root only"
-        ));
+        return Err(format!("{what} name is empty; {rule}; {omit}"));
     }
     if name.chars().count() > 32 {
         return Err(format!(
-            "group name is {} characters long; {RULE}",
+            "{what} name is {} characters long; {rule}",
             name.chars().count()
         ));
     }
@@ -538,12 +583,14 @@ fn check_group_name(name: &str) -> Result<(), String> {
         .next()
         .filter(|c| !(c.is_ascii_lowercase() || *c == '_'))
     {
-        return Err(format!("group name {name:?} starts with {first:?}; {RULE}"));
+        return Err(format!(
+            "{what} name {name:?} starts with {first:?}; {rule}"
+        ));
     }
     if let Some(ch) =
         chars.find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)))
     {
-        return Err(format!("group name {name:?} contains {ch:?}; {RULE}"));
+        return Err(format!("{what} name {name:?} contains {ch:?}; {rule}"));
     }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub struct DataPlane {
     /// Readable when the daemon wants the loop to stop.
     pub wake: UnixDatagram,
     pub stop: Arc<AtomicBool>,
+    /// systemd watchdog ping interval: pinged from this loop, so a wedged loop (not just a
+    /// wedged process) gets the service restarted.
+    pub watchdog: Option<Duration>,
 }
 
 impl DataPlane {
@@ -66,7 +69,14 @@ impl DataPlane {
             self.wake.as_raw_fd(),
         ];
         let mut next_tick = Instant::now();
+        let mut next_ping = Instant::now();
         loop {
+            if let Some(interval) = self.watchdog {
+                if Instant::now() >= next_ping {
+                    crate::systemd::watchdog_ping();
+                    next_ping = Instant::now() + interval;
+                }
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
             let ready = poll_readable(&fds, wait)?;
             if ready[2] || self.stop.load(Ordering::Relaxed) {

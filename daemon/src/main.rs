@@ -12,7 +12,9 @@ mod access;
 mod control;
 mod dataplane;
 mod netlink;
+mod privilege;
 mod state;
+mod systemd;
 mod uapi_server;
 mod udp;
 
@@ -33,6 +35,9 @@ use sitelinkd::cli::Args;
 use crate::access::Access;
 use crate::state::State;
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -55,19 +60,28 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
+    let registry = tracing_subscriber::registry().with(filter);
+    // Under systemd with stderr going to the journal, log natively: fields such as PEER and
+    // INTERFACE become journal fields (`journalctl PEER=site-b`).
+    if systemd::stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry.with(journald).init();
+            return;
+        }
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(io::stderr))
         .init();
 }
 
 fn run(args: &Args) -> Result<()> {
-    let config = Config::load(&args.config)?;
+    let config = systemd::load_config(&args.config, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    let span = tracing::info_span!("sitelinkd", interface = %config.interface.name);
+    runtime.block_on(serve(config).instrument(span))
 }
 
 async fn serve(config: Config) -> Result<()> {
@@ -144,6 +158,14 @@ async fn run_interface(
         Arc::clone(&access),
     ));
 
+    // Everything that needs root exists now: the device, the sockets. Become the configured
+    // user (keeping CAP_NET_ADMIN) before the packet thread starts.
+    if let Err(e) = drop_privileges(&state).await {
+        control::remove(&socket_path);
+        control::remove(&uapi_path);
+        return Err(e);
+    }
+
     let (wake_tx, wake_rx) =
         UnixDatagram::pair().context("cannot create the wake-up socket pair")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -153,11 +175,14 @@ async fn run_interface(
         engine,
         wake: wake_rx,
         stop: Arc::clone(&stop),
+        watchdog: systemd::watchdog_interval(),
     };
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let thread_name = name.clone();
     let thread = std::thread::Builder::new()
         .name("sitelink-packets".into())
         .spawn(move || {
+            let _span = tracing::info_span!("packets", interface = %thread_name).entered();
             let result = plane.run();
             let _ = done_tx.send(());
             result
@@ -166,6 +191,8 @@ async fn run_interface(
 
     tracing::info!(interface = %name, public_key = %public_key, listen_port, peers,
         control = %socket_path.display(), "sitelinkd running");
+    systemd::ready(&state.lock().await.status_line());
+    tokio::spawn(report_status(Arc::clone(&state)));
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -181,6 +208,7 @@ async fn run_interface(
             },
         }
     }
+    systemd::stopping();
     stop.store(true, Ordering::Relaxed);
     let _ = wake_tx.send(b"x");
     let loop_result = thread
@@ -189,6 +217,38 @@ async fn run_interface(
     control::remove(&socket_path);
     control::remove(&uapi_path);
     loop_result.context("packet loop failed")
+}
+
+/// Switches to `[interface] user` when started as root. Under the systemd unit the daemon
+/// starts as that user already (with the ambient capability), and nothing happens here.
+async fn drop_privileges(state: &tokio::sync::Mutex<State>) -> Result<()> {
+    let mut state = state.lock().await;
+    let Some(user) = state.config.interface.user.clone() else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::debug!(user, "not root; running as the current user");
+        return Ok(());
+    }
+    privilege::drop_to(&user)?;
+    // The key file is root's; reloads keep the key in use.
+    state.key_fallback = Some(state.config.interface.private_key.clone());
+    Ok(())
+}
+
+/// Keeps systemd's STATUS= line ("2/3 peers up") current.
+async fn report_status(state: Arc<tokio::sync::Mutex<State>>) {
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let line = state.lock().await.status_line();
+        if line != last {
+            systemd::status(&line);
+            last = line;
+        }
+    }
 }
 
 /// Creates the TUN device with offload (TSO/GSO, checked by tun-rs; plain reads if the

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sitelink_config::{Cidr, Config, Endpoint, Peer, PublicKey};
+use sitelink_config::{Cidr, Config, Endpoint, Peer, PrivateKey, PublicKey};
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 use tokio::task::JoinHandle;
 
 use crate::netlink::Netlink;
+use crate::systemd;
 
 pub struct State {
     pub config: Config,
@@ -28,6 +29,9 @@ pub struct State {
     netlink: Netlink,
     ids: HashMap<PublicKey, PeerId>,
     resolvers: HashMap<PublicKey, JoinHandle<()>>,
+    /// The private key reloads use when the key file is not readable any more (after
+    /// dropping privileges).
+    pub key_fallback: Option<PrivateKey>,
 }
 
 /// What a change did, for `reload`'s reply and the log.
@@ -112,6 +116,7 @@ impl State {
             netlink,
             ids: HashMap::new(),
             resolvers: HashMap::new(),
+            key_fallback: None,
         };
         if let Err(e) = state
             .apply_peers(&config.peers, &mut Summary::default())
@@ -257,10 +262,24 @@ impl State {
         Ok(())
     }
 
-    /// Re-reads the config file and applies it.
+    /// Re-reads the config file and applies it, telling systemd (RELOADING=1 … READY=1).
     pub async fn reload(&mut self) -> Result<Summary> {
-        let new = Config::load(&self.config.path)?;
-        self.apply(new).await
+        systemd::reloading();
+        let result = match systemd::load_config(&self.config.path, self.key_fallback.as_ref()) {
+            Ok(new) => self.apply(new).await,
+            Err(e) => Err(e),
+        };
+        systemd::ready(&self.status_line());
+        result
+    }
+
+    /// "2/3 peers up", for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let engine = self.lock_engine();
+        let (up, total) = engine
+            .peers()
+            .fold((0, 0), |(u, t), p| (u + usize::from(p.up), t + 1));
+        format!("{up}/{total} peers up")
     }
 
     pub async fn teardown(&mut self) {

@@ -474,8 +474,8 @@ impl Engine {
             TunnResult::Err(e) => {
                 self.counters.invalid += 1;
                 if let Some(n) = self.log.allow(LogKind::Refused, self.now) {
-                    tracing::info!(peer = %peer.name, %from, reason = reason(&e), suppressed = n,
-                        "refused packet");
+                    tracing::info!(peer = %peer.name, key = %peer.public_key.short(), %from,
+                        reason = reason(&e), suppressed = n, "refused packet");
                 }
                 (Step::Nothing, false)
             }
@@ -508,7 +508,7 @@ impl Engine {
             peer.rx_bytes += datagram.len() as u64;
             if peer.endpoint != Some(from) {
                 if peer.endpoint.is_some() {
-                    tracing::info!(peer = %peer.name, endpoint = %from, "peer roamed to a new endpoint");
+                    tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = %from, "peer roamed to a new endpoint");
                 }
                 peer.endpoint = Some(from);
             }
@@ -668,7 +668,7 @@ impl Engine {
             TunnResult::Err(WireGuardError::ConnectionExpired) => {
                 if peer.up {
                     peer.up = false;
-                    tracing::warn!(peer = %peer.name, "peer down: no session and the handshake gave up");
+                    tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), "peer down: no session and the handshake gave up");
                 }
                 // boringtun leaves an expired link dead. An always-on site link (endpoint
                 // and keepalive) starts a fresh handshake itself, every few seconds.
@@ -736,7 +736,7 @@ fn note_handshake(peer: &mut Peer, wall: SystemTime) {
     peer.last_handshake = Some(at);
     if !peer.up {
         peer.up = true;
-        tracing::info!(peer = %peer.name, endpoint = ?peer.endpoint, "handshake completed, peer up");
+        tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = ?peer.endpoint, "handshake completed, peer up");
     } else {
         tracing::debug!(peer = %peer.name, "handshake completed (rekey)");
     }

@@ -1396,3 +1396,42 @@ fn live_errors_built_by_the_daemon_have_the_same_shape() {
     assert_eq!(error.to_string(), "interface: no key\\nhere");
     assert_eq!(error.key(), None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// user, and the private key from systemd credentials.
+
+#[test]
+fn user_key_is_parsed_and_checked() {
+    let text = format!("{}user = \"sitelink\"\n", interface());
+    assert_eq!(
+        parse(&text).unwrap().interface.user.as_deref(),
+        Some("sitelink")
+    );
+    let text = format!("{}mtu = 1420\nuser = \"Root\"\n", interface());
+    expect_error(
+        &text,
+        4,
+        "interface: user",
+        &["user name \"Root\" starts with 'R'", "a user name is 1-32"],
+    );
+}
+
+#[test]
+fn a_credential_replaces_the_private_key_file_which_is_not_read() {
+    let dir = Dir::new();
+    // A key file that load() would refuse (mode 0644) and that holds a different key.
+    let key = dir.write("sl0.key", &PrivateKey::generate().expose_base64(), 0o644);
+    let text = format!(
+        "[interface]\nprivate-key-file = {:?}\n",
+        key.display().to_string()
+    );
+    let path = dir.write("sl0.toml", &text, 0o640);
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    let config = Config::load_with_private_key(&path, Some(alice())).unwrap();
+    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+    // The file may even be missing.
+    fs::remove_file(&key).unwrap();
+    assert!(Config::load_with_private_key(&path, Some(alice())).is_ok());
+    assert!(Config::load(&path).is_err());
+}
