@@ -561,12 +561,17 @@ fn control_group_members_are_served() {
     assert_eq!((meta.gid(), meta.mode() & 0o777), (65534, 0o660));
     assert_eq!(fs::metadata(&sites.run_dir).unwrap().gid(), 65534);
 
-    let as_user = |uid: &str, gid: &str| {
+    let as_user = |uid: &str, gid: &str, groups: &str| {
+        let groups = if groups.is_empty() {
+            "--clear-groups".to_string()
+        } else {
+            format!("--groups={groups}")
+        };
         Command::new("setpriv")
             .args([
                 &format!("--reuid={uid}"),
                 &format!("--regid={gid}"),
-                "--clear-groups",
+                &groups,
                 "--",
             ])
             .arg(sitelink_tests::bin("sitelinkctl"))
@@ -575,13 +580,20 @@ fn control_group_members_are_served() {
             .output()
             .unwrap()
     };
-    let member = as_user("4242", "65534");
+    let member = as_user("4242", "65534", "");
     assert!(
         member.status.success(),
         "group member refused: {}",
         String::from_utf8_lossy(&member.stderr)
     );
     assert!(String::from_utf8_lossy(&member.stdout).contains(&iface));
-    let stranger = as_user("4243", "4243");
+    // A member through a supplementary group (SO_PEERGROUPS) is served too.
+    let supplementary = as_user("4244", "4244", "65534");
+    assert!(
+        supplementary.status.success(),
+        "supplementary member refused: {}",
+        String::from_utf8_lossy(&supplementary.stderr)
+    );
+    let stranger = as_user("4243", "4243", "");
     assert_eq!(stranger.status.code(), Some(1));
 }

@@ -3,11 +3,12 @@
 //! The sockets are 0660, owned by root (or the daemon's user) and the configured
 //! `control-group`; on top of the file mode, every connection's credentials (SO_PEERCRED)
 //! are checked, so a socket whose mode was loosened by mistake still refuses strangers.
-//! Allowed: root, the daemon's own uid, and members (primary or supplementary) of the
-//! control group.
+//! Allowed: root, the daemon's own uid, and members (primary or supplementary, from
+//! SO_PEERGROUPS) of the control group.
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
 
@@ -54,8 +55,9 @@ impl Access {
         let cred = stream
             .peer_cred()
             .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-        let groups = match cred.pid() {
-            Some(pid) => supplementary_groups(pid).unwrap_or_default(),
+        // Only needed when a group may be allowed; a failure means primary group only.
+        let groups = match &self.group {
+            Some(_) => peer_groups(stream.as_raw_fd()).unwrap_or_default(),
             None => Vec::new(),
         };
         self.decide(cred.uid(), cred.gid(), &groups)
@@ -83,18 +85,34 @@ fn gid_of(etc_group: &str, name: &str) -> Option<u32> {
     })
 }
 
-/// A process's supplementary groups, from /proc/PID/status.
-fn supplementary_groups(pid: i32) -> io::Result<Vec<u32>> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default())
+/// The connecting process's supplementary groups (SO_PEERGROUPS), recorded by the kernel
+/// with its other credentials at connect time: no /proc lookup, no pid race.
+fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 32];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, a live buffer of exactly
+        // that size, and updates `len` to the bytes written (or needed, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || count <= groups.len() || count > 65536 {
+            return Err(e);
+        }
+        groups.resize(count, 0);
+    }
 }
 
 #[cfg(test)]
