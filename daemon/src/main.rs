@@ -75,6 +75,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(args: &Args) -> Result<()> {
+    privilege::forbid_core_dumps();
     let config = systemd::load_config(&args.config, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

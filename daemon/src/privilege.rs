@@ -73,6 +73,16 @@ pub fn drop_to(user: &str) -> Result<()> {
     Ok(())
 }
 
+/// Marks the process non-dumpable before any key is read: no core dump (systemd's watchdog
+/// kills with SIGABRT) and no ptrace by other unprivileged processes can expose key material.
+pub fn forbid_core_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers and cannot fail with valid args.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot disable core dumps");
+    }
+}
+
 fn set_keepcaps(on: bool) -> Result<()> {
     // SAFETY: prctl(PR_SET_KEEPCAPS, 0|1) takes no pointers.
     let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(on), 0, 0, 0) };
