@@ -10,8 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # iproute2: ip netns/veth; wireguard-tools + wireguard-go: the interop peer;
-# iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv.
-packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux)
+# iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv;
+# systemd: systemd-analyze for the unit checks. (packaging/test-deb.sh installs debootstrap,
+# lintian and cargo-deb itself.)
+packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +35,12 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # compiled into sitelinkd (its timers would stop).
 cargo test --locked -p sitelink-engine --features mock-instant --lib 2>&1 | tee -a "$log"
 
+# Packaging: the systemd unit (systemd-analyze verify, security score <= 2.0), and the Debian
+# package built with cargo-deb, installed, upgraded and purged in a debootstrapped bookworm
+# root, with lintian. (The slower boot test under qemu is separate: packaging/vm/.)
+bash packaging/check-units.sh 2>&1 | tee -a "$log"
+bash packaging/test-deb.sh 2>&1 | tee -a "$log"
+
 # One closing line over every test binary above.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^test result:|^[a-z-]+: [0-9]+ passed, [0-9]+ failed/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

@@ -52,6 +52,7 @@ pub enum PeerCommand {
     Add {
         /// A unique name for logs and status.
         name: String,
+        /// The peer's public key (`sitelinkctl pubkey` output on the other site).
         #[arg(long, value_name = "BASE64")]
         public_key: PublicKey,
         /// Comma-separated prefixes routed to the peer.
@@ -62,10 +63,13 @@ pub enum PeerCommand {
             required = true
         )]
         allowed_ips: Vec<Cidr>,
+        /// Where to reach the peer: IP:PORT, [IPv6]:PORT or NAME:PORT (omit if it connects to us).
         #[arg(long, value_name = "HOST:PORT")]
         endpoint: Option<Endpoint>,
+        /// Send a keepalive every SECONDS when idle (1-65535); makes the link always-on.
         #[arg(long, value_name = "SECONDS")]
         persistent_keepalive: Option<u16>,
+        /// File holding a preshared key (`sitelinkctl genpsk`), mode 0600.
         #[arg(long, value_name = "FILE")]
         preshared_key_file: Option<PathBuf>,
         /// Also write the change to the config file.
@@ -74,28 +78,37 @@ pub enum PeerCommand {
     },
     /// Change a peer. The session is kept unless its keys change.
     Set {
+        /// The peer's name.
         name: String,
+        /// Give the peer a new name (its session is kept).
         #[arg(long, value_name = "NAME")]
         rename: Option<String>,
+        /// A new public key for the peer (the session is renegotiated).
         #[arg(long, value_name = "BASE64")]
         public_key: Option<PublicKey>,
+        /// Replace the peer's allowed-ips (comma-separated prefixes).
         #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
         allowed_ips: Option<Vec<Cidr>>,
+        /// Where to reach the peer: IP:PORT, [IPv6]:PORT or NAME:PORT (omit if it connects to us).
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_endpoint")]
         endpoint: Option<Endpoint>,
         /// Forget the configured endpoint (the peer must contact us).
         #[arg(long)]
         no_endpoint: bool,
+        /// Send a keepalive every SECONDS when idle (1-65535); makes the link always-on.
         #[arg(
             long,
             value_name = "SECONDS",
             conflicts_with = "no_persistent_keepalive"
         )]
         persistent_keepalive: Option<u16>,
+        /// Turn persistent keepalives off.
         #[arg(long)]
         no_persistent_keepalive: bool,
+        /// File holding a preshared key (`sitelinkctl genpsk`), mode 0600.
         #[arg(long, value_name = "FILE", conflicts_with = "no_preshared_key")]
         preshared_key_file: Option<PathBuf>,
+        /// Stop using a preshared key (the session is renegotiated).
         #[arg(long)]
         no_preshared_key: bool,
         /// Also write the change to the config file.
@@ -104,6 +117,7 @@ pub enum PeerCommand {
     },
     /// Remove a peer (by name or public key); its routes go with it.
     Remove {
+        /// The peer's name or base64 public key.
         name_or_key: String,
         /// Also write the change to the config file.
         #[arg(long)]

@@ -42,7 +42,12 @@ impl Access {
 
     /// Gives a freshly bound socket (or its directory) the group and `mode`.
     pub fn secure(&self, path: &Path, mode: u32) -> Result<()> {
-        if let Some((gid, _)) = &self.group {
+        // chown only when needed: under the unit the socket already has the group (and the
+        // unit's system call filter has no chown).
+        let current = fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .ok();
+        if let Some((gid, _)) = self.group.as_ref().filter(|(gid, _)| current != Some(*gid)) {
             chown(path, None, Some(*gid))
                 .with_context(|| format!("cannot give {} to the control group", path.display()))?;
         }
