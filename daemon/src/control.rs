@@ -55,20 +55,42 @@ pub fn bind(path: &Path, dir_mode: u32, access: &Access) -> Result<UnixListener>
     Ok(listener)
 }
 
+/// Serves the control socket.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, access: Arc<Access>) {
+    serve_clients(
+        listener,
+        "control",
+        state,
+        access,
+        |stream, state, access| async move { handle(stream, &state, &access).await },
+    )
+    .await;
+}
+
+/// Accepts clients of a local socket forever, each served by `handle` on its own task, so
+/// that no client can hold up another. Shared by the control and the UAPI socket.
+pub async fn serve_clients<F, Fut>(
+    listener: UnixListener,
+    what: &'static str,
+    state: Arc<Mutex<State>>,
+    access: Arc<Access>,
+    handle: F,
+) where
+    F: Fn(UnixStream, Arc<Mutex<State>>, Arc<Access>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let state = Arc::clone(&state);
-                let access = Arc::clone(&access);
+                let client = handle(stream, Arc::clone(&state), Arc::clone(&access));
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &state, &access).await {
-                        tracing::debug!(error = %e, "control client");
+                    if let Err(e) = client.await {
+                        tracing::debug!(error = %e, "{what} client");
                     }
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
+                tracing::warn!(error = %e, "{what} socket accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

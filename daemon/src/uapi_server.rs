@@ -30,23 +30,14 @@ pub fn socket_path(name: &str) -> PathBuf {
 }
 
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, access: Arc<Access>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let state = Arc::clone(&state);
-                let access = Arc::clone(&access);
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &state, &access).await {
-                        tracing::debug!(error = %e, "UAPI client");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "UAPI socket accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::control::serve_clients(
+        listener,
+        "UAPI",
+        state,
+        access,
+        |stream, state, access| async move { handle(stream, &state, &access).await },
+    )
+    .await;
 }
 
 async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> std::io::Result<()> {
