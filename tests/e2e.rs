@@ -149,3 +149,94 @@ fn two_sites_reach_each_other_over_ipv4_and_ipv6() {
         "gw_a log:\n{log}"
     );
 }
+
+/// `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: a host name that
+/// resolves only inside the test's gateway namespace. Removed on drop.
+struct NetnsHosts(std::path::PathBuf);
+
+impl NetnsHosts {
+    fn write(ns: &str, contents: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), contents).unwrap();
+        Self(dir)
+    }
+}
+
+impl NetnsHosts {
+    fn update(&self, contents: &str) {
+        std::fs::write(self.0.join("hosts"), contents).unwrap();
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn host_name_endpoint_is_resolved_and_retried_until_it_resolves() {
+    let sites = Sites::new();
+    // At start the name does not resolve (an empty hosts file, no DNS in the namespace).
+    let hosts = NetnsHosts::write(&sites.gw_a.name, "127.0.0.1 localhost\n");
+    let (a_priv, a_pub) = keypair();
+    let (b_priv, b_pub) = keypair();
+    let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
+    let b_key = sites.dir.write("b.key", &format!("{b_priv}\n"), 0o600);
+    let (a_if, b_if) = (unique("sla"), unique("slb"));
+    let a = GatewayConfig {
+        iface: &a_if,
+        key_file: &a_key,
+        port: 51820,
+        addresses: &["198.18.100.1/24"],
+        peer_name: "site-b",
+        peer_key: &b_pub,
+        endpoint: Some("gw-b.sitelink.test:51820"),
+        allowed_ips: &["198.18.100.2/32", "198.19.2.0/24"],
+        keepalive: Some(25),
+    };
+    let b = GatewayConfig {
+        iface: &b_if,
+        key_file: &b_key,
+        port: 51820,
+        addresses: &["198.18.100.2/24"],
+        peer_name: "site-a",
+        peer_key: &a_pub,
+        endpoint: None,
+        allowed_ips: &["198.18.100.1/32", "198.19.1.0/24"],
+        keepalive: None,
+    };
+    let a_path = sites.dir.write(&format!("{a_if}.toml"), &a.toml(), 0o600);
+    let b_path = sites.dir.write(&format!("{b_if}.toml"), &b.toml(), 0o600);
+    let mut gw_a = sites.sitelinkd(&sites.gw_a, &a_path);
+    let mut gw_b = sites.sitelinkd(&sites.gw_b, &b_path);
+    sites.wait_ready(&mut gw_a, &a_if);
+    sites.wait_ready(&mut gw_b, &b_if);
+
+    // Not fatal: the daemon runs, says why, and the peer has no endpoint yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    gw_a.assert_running();
+    assert!(
+        gw_a.log_text().contains("cannot resolve endpoint"),
+        "{}",
+        gw_a.log_text()
+    );
+    assert!(sites.show_json(&a_if)["peers"][0]["endpoint"].is_null());
+
+    // The name starts resolving: the retry picks it up and the always-on link comes up.
+    // (Rewritten in place: the daemon's mount namespace holds this inode.)
+    hosts.update("127.0.0.1 localhost\n198.18.0.2 gw-b.sitelink.test\n");
+    assert!(
+        sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(20)),
+        "no tunnel after the name resolved:\n{}",
+        gw_a.log_text()
+    );
+    assert_eq!(
+        sites.show_json(&a_if)["peers"][0]["endpoint"],
+        "198.18.0.2:51820"
+    );
+    assert!(gw_a.log_text().contains("resolved endpoint"));
+}
