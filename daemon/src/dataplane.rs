@@ -106,7 +106,8 @@ impl DataPlane {
     }
 }
 
-fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+/// Locks the engine. Every user of the shared engine goes through here.
+pub fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     // A panic while holding the lock would be a bug in the engine; its state is still
     // consistent enough to keep forwarding, so we take it rather than wedge the loop.
     engine

@@ -124,10 +124,7 @@ async fn run_interface(
             s.listen_port,
         )
     };
-    let public_key = engine
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .public_key();
+    let public_key = dataplane::lock(&engine).public_key();
 
     let socket_path = sitelink_config::control_socket_path(&name);
     let listener = control::bind(&socket_path, 0o750, &access)?;

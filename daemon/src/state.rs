@@ -19,6 +19,7 @@ use sitelink_config::{Cidr, Config, Endpoint, Peer, PrivateKey, PublicKey};
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 use tokio::task::JoinHandle;
 
+use crate::dataplane;
 use crate::netlink::Netlink;
 use crate::systemd;
 
@@ -194,7 +195,7 @@ impl State {
         let mut to_resolve = Vec::new();
         {
             let engine = Arc::clone(&self.engine);
-            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            let mut engine = dataplane::lock(&engine);
             for peer in &self.config.peers {
                 if new_keys.contains(&peer.public_key) {
                     continue;
@@ -290,7 +291,7 @@ impl State {
     }
 
     pub fn lock_engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        dataplane::lock(&self.engine)
     }
 }
 
@@ -367,10 +368,7 @@ async fn resolve_endpoint(
             Ok(Ok(addrs)) if !addrs.is_empty() => {
                 let addr = addrs[0];
                 tracing::info!(peer, %endpoint, %addr, "resolved endpoint");
-                engine
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_endpoint(id, addr);
+                dataplane::lock(&engine).set_endpoint(id, addr);
                 return;
             }
             Ok(Ok(_)) => {
