@@ -16,6 +16,7 @@
 //! refused if group or others may read them, like sshd does with host keys. Nothing here
 //! touches the network. Writing the config back is `save.rs`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -51,7 +52,9 @@ pub struct Interface {
     /// `name`, or the config file's stem when absent.
     pub name: InterfaceName,
     /// From `private-key-file` (relative to the config file's directory) or `private-key`.
-    pub private_key: PrivateKey,
+    /// Always `Some` for a config file; `None` only for a live interface set up without a key
+    /// (WireGuard UAPI `private_key` all zero), which then sends and answers no handshakes.
+    pub private_key: Option<PrivateKey>,
     /// `listen-port` (1-65535); `None` lets the OS pick.
     pub listen_port: Option<u16>,
     /// `address`: the interface's own addresses, host bits included. May be empty.
@@ -64,13 +67,61 @@ pub struct Interface {
     /// `user`: the account sitelinkd switches to after creating the interface when started
     /// as root (keeping only CAP_NET_ADMIN).
     pub user: Option<String>,
+    /// `fwmark`: the firewall mark on the tunnel's own UDP packets (`None`: no mark). With
+    /// `table = "auto"` and a default route, [`DEFAULT_TABLE`] is used when none is set.
+    pub fwmark: Option<u32>,
+    /// `table`: where the routes for allowed-ips go.
+    pub table: RouteTable,
 }
 
 impl Interface {
-    /// Our public key (what remote sites put in their `public-key`).
-    pub fn public_key(&self) -> PublicKey {
-        self.private_key.public_key()
+    /// Our public key (what remote sites put in their `public-key`); `None` without a key.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.private_key.as_ref().map(PrivateKey::public_key)
     }
+
+    /// The fwmark the UDP socket carries: `fwmark`, or with `table = "auto"` and a default
+    /// route (`0.0.0.0/0` or `::/0`) among `peers`' allowed-ips, [`DEFAULT_TABLE`], as wg-quick
+    /// does. `None`: no mark.
+    pub fn effective_fwmark(&self, peers: &[Peer]) -> Option<u32> {
+        self.fwmark.or_else(|| {
+            (self.table == RouteTable::Auto && has_default_route(peers)).then_some(DEFAULT_TABLE)
+        })
+    }
+}
+
+/// The routing table number (and fwmark) that `table = "auto"` uses for a default route when
+/// `fwmark` is not set: wg-quick's choice.
+pub const DEFAULT_TABLE: u32 = 51820;
+
+/// `[interface] table`: where sitelinkd installs the routes for peers' allowed-ips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteTable {
+    /// `"auto"` (default): the main table; a default route (`/0`) goes into its own table
+    /// (the fwmark's number) with policy rules, so the tunnel's own packets do not loop.
+    #[default]
+    Auto,
+    /// `"off"`: no routes at all; the operator routes.
+    Off,
+    /// A table number: every route, default routes included, goes there; no rules.
+    Id(u32),
+}
+
+impl std::fmt::Display for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTable::Auto => f.write_str("auto"),
+            RouteTable::Off => f.write_str("off"),
+            RouteTable::Id(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Whether some peer routes `0.0.0.0/0` or `::/0`.
+pub fn has_default_route(peers: &[Peer]) -> bool {
+    peers
+        .iter()
+        .any(|p| p.allowed_ips.iter().any(|c| c.prefix_len() == 0))
 }
 
 /// A remote site: one `[[peer]]` table.
@@ -88,7 +139,8 @@ pub struct Peer {
     /// Where to send handshakes first; `None` waits for the peer to contact us.
     pub endpoint: Option<Endpoint>,
     /// Destinations routed to this peer and sources accepted from it: no host bits, no
-    /// duplicates, no overlap with another peer's.
+    /// duplicates, none that another peer has too. Prefixes of different peers may nest: a
+    /// destination goes to the peer with the longest matching prefix.
     pub allowed_ips: Vec<Cidr>,
     /// Seconds between keepalives (1-65535); `None` disables them.
     pub persistent_keepalive: Option<u16>,
@@ -154,14 +206,16 @@ impl Config {
     /// WireGuard UAPI `set`) before anything is applied.
     ///
     /// Checks the interface's `listen-port` (not 0), `address` (no duplicates), `mtu`
-    /// (576-65535, at least 1280 with an IPv6 address) and `control-group` (group name syntax);
-    /// and per peer, in order: the name's syntax, unique names, unique public keys that are not
-    /// the interface's own, allowed-ips without host bits, not listed twice and not overlapping
-    /// another peer's, and `persistent-keepalive` (1-65535). Reports the first problem found.
+    /// (576-65535, at least 1280 with an IPv6 address), `control-group` and `user` (name
+    /// syntax), `fwmark` (not 0) and `table`; and per peer, in order: the name's syntax, unique
+    /// names, unique public keys that are not the interface's own, allowed-ips without host
+    /// bits, not listed twice and not also another peer's (nesting is fine), and
+    /// `persistent-keepalive` (1-65535). Reports the first problem found. A missing private key
+    /// is allowed here (a live interface may have none); a config file must have one.
     ///
     /// The error has no path or line (see [`ConfigError::live_peer`]), e.g. `peer "site-c":
-    /// allowed-ips: 198.19.2.0/24 overlaps 198.19.2.0/24 of peer "site-b"; a destination can be
-    /// routed to only one peer, so remove or narrow one of them`. Key files are not read again.
+    /// allowed-ips: 198.19.2.0/24 is also in the allowed-ips of peer "site-b"; ...`. Key files
+    /// are not read again. Linear in the number of peers and prefixes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let iface = &self.interface;
         let err = |key: &str, message: String| ConfigError::live(Scope::Interface, key, message);
@@ -178,8 +232,13 @@ impl Config {
         if let Some(group) = &iface.control_group {
             check_group_name(group).map_err(|m| err("control-group", m))?;
         }
+        if let Some(mark) = iface.fwmark {
+            check_fwmark(mark.into()).map_err(|m| err("fwmark", m))?;
+        }
+        check_table(&iface.table).map_err(|m| err("table", m))?;
 
         let own_public_key = iface.public_key();
+        let mut taken = Taken::default();
         for (index, peer) in self.peers.iter().enumerate() {
             if let Err(message) = check_peer_name(&peer.name) {
                 let scope = Scope::Peer { index, name: None };
@@ -187,18 +246,43 @@ impl Config {
             }
             let err = |key: &str, message: String| ConfigError::live_peer(&peer.name, key, message);
             let earlier = &self.peers[..index];
-            check_unique_name(&peer.name, earlier, None).map_err(|m| err("name", m))?;
-            check_public_key(&peer.public_key, &own_public_key, earlier, None)
-                .map_err(|m| err("public-key", m))?;
-            for (i, cidr) in peer.allowed_ips.iter().enumerate() {
-                check_allowed_ip(cidr, &peer.allowed_ips[..i], earlier, None)
+            check_unique_name(&peer.name, &taken, None).map_err(|m| err("name", m))?;
+            check_public_key(
+                &peer.public_key,
+                own_public_key.as_ref(),
+                earlier,
+                &taken,
+                None,
+            )
+            .map_err(|m| err("public-key", m))?;
+            for (at, cidr) in peer.allowed_ips.iter().enumerate() {
+                check_allowed_ip(cidr, index, earlier, &taken, None)
                     .map_err(|m| err("allowed-ips", m))?;
+                taken.prefixes.insert(*cidr, (index, at));
             }
             if let Some(seconds) = peer.persistent_keepalive {
                 check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
             }
+            taken.add_peer(peer, index);
         }
         Ok(())
+    }
+}
+
+/// What the peers checked so far use, for the uniqueness rules: names, public keys and
+/// prefixes (with the peer and position that has each).
+#[derive(Default)]
+struct Taken {
+    names: HashMap<String, usize>,
+    keys: HashMap<PublicKey, usize>,
+    prefixes: HashMap<Cidr, (usize, usize)>,
+}
+
+impl Taken {
+    /// Records an accepted peer's name and key (its prefixes are recorded as they pass).
+    fn add_peer(&mut self, peer: &Peer, index: usize) {
+        self.names.insert(peer.name.clone(), index);
+        self.keys.insert(peer.public_key, index);
     }
 }
 
@@ -243,6 +327,8 @@ struct RawInterface {
     mtu: Option<Spanned<Int>>,
     control_group: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
+    fwmark: Option<Spanned<Int>>,
+    table: Option<Spanned<RawTable>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +373,34 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
+/// `table`: a word (`"auto"`, `"off"`) or a table number, checked by [`parse_table`].
+enum RawTable {
+    Word(String),
+    Number(i128),
+}
+
+impl<'de> Deserialize<'de> for RawTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\", \"off\" or a routing table number")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawTable, E> {
+                Ok(RawTable::Word(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawTable, E> {
+                Ok(RawTable::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawTable, E> {
+                Ok(RawTable::Number(v.into()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// `value` as a `T` if it lies in `range`.
 fn in_range<T: TryFrom<i128>>(value: i128, range: Range<i128>) -> Option<T> {
     range.contains(&value).then(|| T::try_from(value).ok())?
@@ -308,18 +422,27 @@ fn parse_config(
     let own_public_key = interface.public_key();
 
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.peer.len());
-    // Per accepted peer: the line of its `name` and `public-key`, and its allowed-ips lines.
+    // Per accepted peer: where its `name`, `public-key` and allowed-ips are.
     let mut seen: Vec<PeerLines> = Vec::with_capacity(raw.peer.len());
+    let mut taken = Taken::default();
     for (index, raw_peer) in raw.peer.into_iter().enumerate() {
+        let earlier = Earlier {
+            peers: &peers,
+            lines: FileLines {
+                text: source.text,
+                peers: &seen,
+            },
+            taken: &mut taken,
+        };
         let (peer, lines) = build_peer(
             &source,
             index,
             raw_peer.into_inner(),
-            &own_public_key,
-            &peers,
-            &seen,
+            own_public_key.as_ref(),
+            earlier,
             &mut inline_secret,
         )?;
+        taken.add_peer(&peer, index);
         peers.push(peer);
         seen.push(lines);
     }
@@ -389,11 +512,25 @@ fn check_shape(source: &Source<'_>, root: &DeTable<'_>) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// Lines of an accepted peer's values, so a later conflict can point back at them.
+/// Where an accepted peer's values are in the file (byte offsets), so a later conflict can
+/// point back at them. Offsets become line numbers only for an error message: counting lines
+/// for every value would make a file with many peers quadratic to load.
 struct PeerLines {
     name: usize,
     public_key: usize,
     allowed_ips: Vec<usize>,
+}
+
+/// The earlier peers' places in the file being loaded.
+struct FileLines<'a> {
+    text: &'a str,
+    peers: &'a [PeerLines],
+}
+
+impl FileLines<'_> {
+    fn line(&self, offset: usize) -> usize {
+        crate::error::line_col(self.text, offset).0
+    }
 }
 
 fn build_interface(
@@ -419,7 +556,7 @@ fn build_interface(
         }
     };
 
-    let private_key = match (&raw.private_key, &raw.private_key_file) {
+    let private_key = Some(match (&raw.private_key, &raw.private_key_file) {
         (Some(inline), Some(file)) => {
             let (later, key) = later_of(inline, "private-key", file, "private-key-file");
             return Err(err(
@@ -454,7 +591,7 @@ fn build_interface(
             Some(key) => key,
             None => read_key_file(source, file, &scope, "private-key-file", KeyKind::Private)?,
         },
-    };
+    });
 
     let listen_port = match &raw.listen_port {
         None => None,
@@ -500,6 +637,21 @@ fn build_interface(
         }
     };
 
+    let fwmark = match &raw.fwmark {
+        None => None,
+        Some(mark) => Some(
+            check_fwmark(mark.get_ref().0)
+                .map_err(|message| err(mark.span(), "fwmark", message))?,
+        ),
+    };
+
+    let table = match &raw.table {
+        None => RouteTable::Auto,
+        Some(table) => {
+            parse_table(table.get_ref()).map_err(|message| err(table.span(), "table", message))?
+        }
+    };
+
     Ok(Interface {
         name,
         private_key,
@@ -508,6 +660,8 @@ fn build_interface(
         mtu,
         control_group,
         user,
+        fwmark,
+        table,
     })
 }
 
@@ -522,6 +676,42 @@ fn check_listen_port(port: i128) -> Result<u16, String> {
              system pick one"
         )
     })
+}
+
+fn check_fwmark(mark: i128) -> Result<u32, String> {
+    if mark == 0 {
+        return Err("0 means no mark; omit fwmark instead".into());
+    }
+    in_range(mark, 1..(1 << 32)).ok_or_else(|| {
+        format!("{mark} is out of range; use 1-4294967295 (e.g. 0xca6c), or omit fwmark")
+    })
+}
+
+const TABLE_RULE: &str = "use \"auto\" (the default: main table, a default route in its own table \
+     with policy rules), \"off\" (no routes), or a table number 1-4294967295 other than 255";
+
+fn parse_table(raw: &RawTable) -> Result<RouteTable, String> {
+    let table = match raw {
+        RawTable::Word(w) if w == "auto" => RouteTable::Auto,
+        RawTable::Word(w) if w == "off" => RouteTable::Off,
+        RawTable::Word(w) => return Err(format!("{w:?} is not a table; {TABLE_RULE}")),
+        RawTable::Number(n) => match in_range::<u32>(*n, 1..(1 << 32)) {
+            Some(n) => RouteTable::Id(n),
+            None => return Err(format!("{n} is out of range; {TABLE_RULE}")),
+        },
+    };
+    check_table(&table)?;
+    Ok(table)
+}
+
+fn check_table(table: &RouteTable) -> Result<(), String> {
+    match table {
+        RouteTable::Id(0) => Err(format!("0 is not a table; {TABLE_RULE}")),
+        RouteTable::Id(255) => Err(format!(
+            "255 is the kernel's local table, which must not hold tunnel routes; {TABLE_RULE}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `cidr` is the next interface address after `earlier`.
@@ -601,17 +791,17 @@ fn at_line(line: Option<usize>) -> String {
         .unwrap_or_default()
 }
 
-/// `name` is not used by a peer in `earlier`. `lines` locates those peers in the file.
+/// `name` is not used by an earlier peer. `lines` locates those peers in the file.
 fn check_unique_name(
     name: &str,
-    earlier: &[Peer],
-    lines: Option<&[PeerLines]>,
+    taken: &Taken,
+    lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
-    let Some(other) = earlier.iter().position(|p| p.name == name) else {
+    let Some(&other) = taken.names.get(name) else {
         return Ok(());
     };
     let user = match lines {
-        Some(lines) => format!("line {}", lines[other].name),
+        Some(lines) => format!("line {}", lines.line(lines.peers[other].name)),
         None => "another peer".to_owned(),
     };
     Err(format!(
@@ -622,34 +812,37 @@ fn check_unique_name(
 /// `key` is not the interface's own and not used by a peer in `earlier`.
 fn check_public_key(
     key: &PublicKey,
-    own: &PublicKey,
+    own: Option<&PublicKey>,
     earlier: &[Peer],
-    lines: Option<&[PeerLines]>,
+    taken: &Taken,
+    lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
-    if key == own {
+    if Some(key) == own {
         return Err(
             "this is the interface's own public key; set the remote site's public key \
                     (run `sitelinkctl pubkey < its-private-key-file` there)"
                 .into(),
         );
     }
-    if let Some(other) = earlier.iter().position(|p| &p.public_key == key) {
+    if let Some(&other) = taken.keys.get(key) {
         return Err(format!(
             "peer {:?}{} already has this public key; each peer needs its own",
             earlier[other].name,
-            at_line(lines.map(|lines| lines[other].public_key))
+            at_line(lines.map(|l| l.line(l.peers[other].public_key)))
         ));
     }
     Ok(())
 }
 
-/// `cidr` is the next allowed-ip of a peer whose earlier ones are `own`: no host bits, not a
-/// duplicate, no overlap with a peer in `earlier`.
+/// `cidr` is the next allowed-ip of peer number `peer`: no host bits, not already one of its
+/// own, and not another peer's too. Prefixes of different peers may nest (routing picks the
+/// longest match); only the same prefix twice is ambiguous.
 fn check_allowed_ip(
     cidr: &Cidr,
-    own: &[Cidr],
+    peer: usize,
     earlier: &[Peer],
-    lines: Option<&[PeerLines]>,
+    taken: &Taken,
+    lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
     if cidr.has_host_bits() {
         return Err(format!(
@@ -657,26 +850,19 @@ fn check_allowed_ip(
             cidr.network()
         ));
     }
-    if own.contains(cidr) {
+    let Some(&(owner, at)) = taken.prefixes.get(cidr) else {
+        return Ok(());
+    };
+    if owner == peer {
         return Err(format!("{cidr} is listed twice; remove one"));
     }
-    let clash = earlier.iter().enumerate().find_map(|(index, peer)| {
-        let at = peer
-            .allowed_ips
-            .iter()
-            .position(|theirs| theirs.overlaps(cidr))?;
-        Some((index, peer, at))
-    });
-    if let Some((index, peer, at)) = clash {
-        return Err(format!(
-            "{cidr} overlaps {} of peer {:?}{}; a destination can be routed to only one peer, so \
-             remove or narrow one of them",
-            peer.allowed_ips[at],
-            peer.name,
-            at_line(lines.map(|lines| lines[index].allowed_ips[at]))
-        ));
-    }
-    Ok(())
+    Err(format!(
+        "{cidr} is also in the allowed-ips of peer {:?}{}; a prefix can belong to one peer only, \
+         so remove it from one of them (prefixes may nest, e.g. 198.19.0.0/16 on a hub and \
+         198.19.2.0/24 on a branch: the longest match wins)",
+        earlier[owner].name,
+        at_line(lines.map(|l| l.line(l.peers[owner].allowed_ips[at])))
+    ))
 }
 
 fn check_keepalive(seconds: i128) -> Result<u16, String> {
@@ -722,16 +908,27 @@ fn later_of<'k, T>(
     }
 }
 
+/// The peers before the one being built: the peers, where they are in the file, and what
+/// they use (the new peer's prefixes are added to `taken` as they pass).
+struct Earlier<'a> {
+    peers: &'a [Peer],
+    lines: FileLines<'a>,
+    taken: &'a mut Taken,
+}
+
 fn build_peer(
     source: &Source<'_>,
     index: usize,
     raw: RawPeer,
-    own_public_key: &PublicKey,
-    earlier: &[Peer],
-    earlier_lines: &[PeerLines],
+    own_public_key: Option<&PublicKey>,
+    earlier: Earlier<'_>,
     inline_secret: &mut Option<InlineSecret>,
 ) -> Result<(Peer, PeerLines), ConfigError> {
-    let line_of = |span: Range<usize>| crate::error::line_col(source.text, span.start).0;
+    let Earlier {
+        peers: earlier,
+        lines: earlier_lines,
+        taken,
+    } = earlier;
 
     let name = raw.name.get_ref();
     if let Err(message) = check_peer_name(name) {
@@ -745,13 +942,19 @@ fn build_peer(
     let err = |span: Range<usize>, key: &str, message: String| {
         source.error(span, scope.clone(), key, message)
     };
-    check_unique_name(name, earlier, Some(earlier_lines))
+    check_unique_name(name, taken, Some(&earlier_lines))
         .map_err(|message| err(raw.name.span(), "name", message))?;
 
     let public_key = parse_key::<PublicKey>(raw.public_key.get_ref(), KeyKind::Public)
         .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
-    check_public_key(&public_key, own_public_key, earlier, Some(earlier_lines))
-        .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
+    check_public_key(
+        &public_key,
+        own_public_key,
+        earlier,
+        taken,
+        Some(&earlier_lines),
+    )
+    .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
 
     let preshared_key = match (&raw.preshared_key, &raw.preshared_key_file) {
         (Some(inline), Some(file)) => {
@@ -804,9 +1007,10 @@ fn build_peer(
                 format!("{e}; expected a network such as \"198.19.2.0/24\" or \"fd19:2::/64\""),
             )
         })?;
-        check_allowed_ip(&cidr, &allowed_ips, earlier, Some(earlier_lines))
+        check_allowed_ip(&cidr, index, earlier, taken, Some(&earlier_lines))
             .map_err(|message| err(span.clone(), "allowed-ips", message))?;
-        allowed_lines.push(line_of(span));
+        taken.prefixes.insert(cidr, (index, allowed_ips.len()));
+        allowed_lines.push(span.start);
         allowed_ips.push(cidr);
     }
 
@@ -819,8 +1023,8 @@ fn build_peer(
     };
 
     let lines = PeerLines {
-        name: line_of(raw.name.span()),
-        public_key: line_of(raw.public_key.span()),
+        name: raw.name.span().start,
+        public_key: raw.public_key.span().start,
         allowed_ips: allowed_lines,
     };
     let peer = Peer {

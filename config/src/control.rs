@@ -99,10 +99,18 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InterfaceStatus {
     pub name: String,
-    pub public_key: String,
+    /// `null` while the interface has no private key (set up through the WireGuard UAPI
+    /// without one); it then sends and answers no handshakes.
+    pub public_key: Option<String>,
     pub listen_port: u16,
     pub addresses: Vec<String>,
     pub mtu: u16,
+    /// The firewall mark on the tunnel's own UDP packets; `null` for none.
+    #[serde(default)]
+    pub fwmark: Option<u32>,
+    /// Where routes go: `"auto"`, `"off"` or a table number.
+    #[serde(default)]
+    pub table: String,
     /// Packets the engine dropped, by reason (no_route, bad_source, unknown_key, ...).
     pub dropped: std::collections::BTreeMap<String, u64>,
 }

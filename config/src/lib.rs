@@ -45,7 +45,9 @@ pub mod uapi;
 use std::path::PathBuf;
 
 pub use cidr::{Cidr, CidrError};
-pub use config::{load_preshared_key_file, Config, Interface, Peer};
+pub use config::{
+    has_default_route, load_preshared_key_file, Config, Interface, Peer, RouteTable, DEFAULT_TABLE,
+};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;
 pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};

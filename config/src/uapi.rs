@@ -2,8 +2,10 @@
 //! the text protocol that stock `wg show`, `wg set`, `wg syncconf` and `wg showconf` speak on
 //! `/var/run/wireguard/<name>.sock`.
 //!
-//! This module owns the protocol and nothing else: reading one request ([`read_request`]),
-//! turning a `set` into the desired [`Config`] ([`apply_set`]) and writing replies
+//! This module owns the protocol and nothing else: reading one request ([`read_request`] from
+//! a reader, or line by line with a [`RequestParser`], which is how the daemon streams a `set`
+//! of many megabytes without holding its text), turning a `set` into the desired [`Config`]
+//! ([`apply_set`]) and writing replies
 //! ([`format_get`], [`format_errno`], [`OK_REPLY`]). It owns no socket and changes nothing: the
 //! daemon accepts connections, validates the config [`apply_set`] returns with the same checks
 //! as a config reload, and applies it through the same path. So a `set` takes effect completely
@@ -13,9 +15,8 @@
 //! Semantics follow wireguard-go (`device/uapi.go`), with these deliberate differences:
 //! - a `set` must end with its blank line; one cut short by EOF is refused (`EPROTO`) rather
 //!   than applied as far as it got;
-//! - an all-zero `private_key` is refused (`EINVAL`): a sitelink interface always has an
-//!   identity;
-//! - `fwmark` other than 0 is refused (`EOPNOTSUPP`): sitelink does not mark its packets;
+//! - `listen_port=0` (what `wg setconf` sends for a file without `ListenPort`) keeps the port
+//!   in use instead of moving to a random one;
 //! - `protocol_version` other than 1 is refused with `EPROTONOSUPPORT`, as the Linux kernel
 //!   does (wireguard-go says `EINVAL`);
 //! - an unknown operation gets an `EINVAL` reply (wireguard-go closes the connection silently);
@@ -45,9 +46,11 @@ pub mod errno {
     pub const EPROTO: i32 = 71;
     /// The request is longer than the daemon accepts.
     pub const EMSGSIZE: i32 = 90;
+    /// A port that is taken.
+    pub const EADDRINUSE: i32 = 98;
     /// `protocol_version` other than 1.
     pub const EPROTONOSUPPORT: i32 = 93;
-    /// A setting sitelink does not implement (a non-zero `fwmark`).
+    /// A setting sitelink does not implement.
     pub const EOPNOTSUPP: i32 = 95;
 }
 
@@ -106,6 +109,7 @@ impl fmt::Display for UapiError {
             errno::EMSGSIZE => "EMSGSIZE",
             errno::EPROTONOSUPPORT => "EPROTONOSUPPORT",
             errno::EOPNOTSUPP => "EOPNOTSUPP",
+            errno::EADDRINUSE => "EADDRINUSE",
             _ => return write!(f, "{} (errno {})", self.message, self.errno),
         };
         write!(f, "{} ({name})", self.message)
@@ -136,11 +140,11 @@ pub enum Request {
 /// The lines of a `set` request, parsed. Fields left `None`/`false`/empty change nothing.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceSet {
-    /// `private_key`: the interface's new private key (all-zero is refused by [`apply_set`]).
+    /// `private_key`: the interface's new private key; all-zero means "no key".
     pub private_key: Option<PrivateKey>,
-    /// `listen_port`: `Some(0)` lets the system pick a port.
+    /// `listen_port`: `Some(0)` means no particular port.
     pub listen_port: Option<u16>,
-    /// `fwmark`: only 0 (no mark) is supported.
+    /// `fwmark`: `Some(0)` removes the mark.
     pub fwmark: Option<u32>,
     /// `replace_peers=true`: remove every existing peer before processing `peers`.
     pub replace_peers: bool,
@@ -203,8 +207,7 @@ impl PeerSet {
 /// short by EOF, non-UTF-8 text ([`errno::EPROTO`]); an unknown operation or key, a bad value, a
 /// key in the wrong place ([`errno::EINVAL`]); `protocol_version` other than 1
 /// ([`errno::EPROTONOSUPPORT`]); a read error ([`errno::EIO`]). Values are checked for form
-/// here; whether sitelink supports them (`fwmark`, a zero `private_key`) is [`apply_set`]'s
-/// question.
+/// here; what they mean for the interface is [`apply_set`]'s question.
 pub fn read_request(r: &mut impl BufRead, max_bytes: usize) -> Result<Option<Request>, UapiError> {
     let mut reader = LineReader {
         inner: r,
@@ -216,32 +219,18 @@ pub fn read_request(r: &mut impl BufRead, max_bytes: usize) -> Result<Option<Req
     if reader.at_eof()? {
         return Ok(None);
     }
-    let is_get = match reader.next_line()?.1 {
-        b"get=1" => true,
-        b"set=1" => false,
-        other => {
-            return Err(UapiError::invalid(format!(
-                "line 1: unknown operation {}; expected get=1 or set=1",
-                quote(&String::from_utf8_lossy(other))
-            )))
+    let mut parser = RequestParser::new();
+    loop {
+        let line = reader.next_line()?;
+        if let Some(request) = parser.line(line)? {
+            return Ok(Some(request));
         }
-    };
-    if is_get {
-        // Like wireguard-go, read exactly one more byte: the blank line.
-        return match reader.next_byte()? {
-            b'\n' => Ok(Some(Request::Get)),
-            other => Err(UapiError::invalid(format!(
-                "line 2: unexpected {:?} after get=1; a get request is \"get=1\\n\\n\"",
-                char::from(other)
-            ))),
-        };
     }
-    parse_set(&mut reader).map(|set| Some(Request::Set(set)))
 }
 
 /// Room for any line wg sends (the longest is a 76-byte key line), so that a line holding a
 /// private key is never copied by a reallocation that would leave it unwiped.
-const LINE_CAPACITY: usize = 256;
+pub const LINE_CAPACITY: usize = 256;
 
 /// Reads lines of one request, counting bytes against its limit.
 struct LineReader<'r, R> {
@@ -264,12 +253,12 @@ impl<R: BufRead> LineReader<'_, R> {
         }
     }
 
-    /// The next line's number and text, without its `\n`.
-    fn next_line(&mut self) -> Result<(usize, &[u8]), UapiError> {
+    /// The next line's text, without its `\n`.
+    fn next_line(&mut self) -> Result<&[u8], UapiError> {
         self.line.clear();
         self.line_no += 1;
         if self.remaining == 0 {
-            return Err(self.too_big());
+            return Err(too_big(self.line_no, self.max_bytes));
         }
         let limit = u64::try_from(self.remaining).unwrap_or(u64::MAX);
         let read = (&mut *self.inner)
@@ -279,38 +268,112 @@ impl<R: BufRead> LineReader<'_, R> {
         self.remaining -= read;
         if self.line.last() == Some(&b'\n') {
             self.line.pop();
-            return Ok((self.line_no, &self.line));
+            return Ok(&self.line);
         }
         if self.remaining == 0 {
-            return Err(self.too_big());
+            return Err(too_big(self.line_no, self.max_bytes));
         }
         Err(cut_short(self.line_no))
     }
+}
 
-    fn next_byte(&mut self) -> Result<u8, UapiError> {
-        self.line_no += 1;
-        if self.remaining == 0 {
-            return Err(self.too_big());
-        }
-        let mut byte = [0u8; 1];
-        match self.inner.read_exact(&mut byte) {
-            Ok(()) => {
-                self.remaining -= 1;
-                Ok(byte[0])
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(cut_short(self.line_no)),
-            Err(e) => Err(read_error(&e)),
+/// The error for a request longer than `max_bytes`, found at line `line`.
+pub fn too_big(line: usize, max_bytes: usize) -> UapiError {
+    UapiError::new(
+        errno::EMSGSIZE,
+        format!("line {line}: the request is longer than {max_bytes} bytes"),
+    )
+}
+
+/// Parses one request fed to it a line at a time, so that a caller reading a socket can
+/// stream a `set` of any length: memory grows with what the request asks for (peers and
+/// prefixes), never with its text. The caller bounds the bytes it reads.
+#[derive(Debug)]
+pub struct RequestParser {
+    line_no: usize,
+    state: ParseState,
+}
+
+#[derive(Debug)]
+enum ParseState {
+    /// Expecting `get=1` or `set=1`.
+    Operation,
+    /// After `get=1`: expecting the blank line.
+    Get,
+    Set(DeviceSet),
+    /// A request was returned; feeding more is an error.
+    Done,
+}
+
+impl Default for RequestParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestParser {
+    pub fn new() -> Self {
+        Self {
+            line_no: 0,
+            state: ParseState::Operation,
         }
     }
 
-    fn too_big(&self) -> UapiError {
-        UapiError::new(
-            errno::EMSGSIZE,
-            format!(
-                "line {}: the request is longer than {} bytes",
-                self.line_no, self.max_bytes
-            ),
-        )
+    /// The number of lines fed so far.
+    pub fn line_no(&self) -> usize {
+        self.line_no
+    }
+
+    /// Whether a `set` is being read (the caller then knows that lines follow until a blank
+    /// one, which it must read to the end before replying to an error).
+    pub fn in_set(&self) -> bool {
+        matches!(self.state, ParseState::Set(_))
+    }
+
+    /// Feeds the next line, without its `\n`. Returns the request once its blank line came.
+    /// Errors name the line.
+    pub fn line(&mut self, raw: &[u8]) -> Result<Option<Request>, UapiError> {
+        self.line_no += 1;
+        let line_no = self.line_no;
+        match &mut self.state {
+            ParseState::Operation => {
+                self.state = match raw {
+                    b"get=1" => ParseState::Get,
+                    b"set=1" => ParseState::Set(DeviceSet::default()),
+                    other => {
+                        return Err(UapiError::invalid(format!(
+                            "line {line_no}: unknown operation {}; expected get=1 or set=1",
+                            quote(&String::from_utf8_lossy(other))
+                        )))
+                    }
+                };
+                Ok(None)
+            }
+            ParseState::Get => {
+                if !raw.is_empty() {
+                    return Err(UapiError::invalid(format!(
+                        "line {line_no}: unexpected {} after get=1; a get request is \"get=1\\n\\n\"",
+                        quote(&String::from_utf8_lossy(raw))
+                    )));
+                }
+                self.state = ParseState::Done;
+                Ok(Some(Request::Get))
+            }
+            ParseState::Set(set) => {
+                // wireguard-go's line scanner drops a `\r` before the `\n`; so do we.
+                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if line.is_empty() {
+                    let set = std::mem::take(set);
+                    self.state = ParseState::Done;
+                    return Ok(Some(Request::Set(set)));
+                }
+                set_line(set, line).map_err(|e| e.at_line(line_no))?;
+                Ok(None)
+            }
+            ParseState::Done => Err(UapiError::invalid(format!(
+                "line {line_no}: text after the end of the request"
+            ))),
+        }
     }
 }
 
@@ -345,35 +408,25 @@ const PEER_KEYS: [&str; 8] = [
     "protocol_version",
 ];
 
-fn parse_set<R: BufRead>(reader: &mut LineReader<'_, R>) -> Result<DeviceSet, UapiError> {
-    let mut set = DeviceSet::default();
-    loop {
-        let (line_no, raw) = reader.next_line()?;
-        // wireguard-go's line scanner drops a `\r` before the `\n`; so do we.
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
-            return Ok(set);
-        }
-        let Ok(text) = std::str::from_utf8(line) else {
-            return Err(UapiError::protocol(format!(
-                "line {line_no}: not UTF-8 text"
-            )));
-        };
-        let Some((key, value)) = text.split_once('=') else {
-            return Err(UapiError::protocol(format!(
-                "line {line_no}: expected key=value, found {}",
-                quote(text)
-            )));
-        };
-        let result = if key == "public_key" {
-            hex_key(key, value)
-                .map(|bytes| set.peers.push(PeerSet::new(PublicKey::from_bytes(*bytes))))
-        } else if let Some(peer) = set.peers.last_mut() {
-            peer_line(peer, key, value)
-        } else {
-            device_line(&mut set, key, value)
-        };
-        result.map_err(|e| e.at_line(line_no))?;
+/// One `key=value` line of a `set`.
+fn set_line(set: &mut DeviceSet, line: &[u8]) -> Result<(), UapiError> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Err(UapiError::protocol("not UTF-8 text"));
+    };
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(UapiError::protocol(format!(
+            "expected key=value, found {}",
+            quote(text)
+        )));
+    };
+    if key == "public_key" {
+        let bytes = hex_key(key, value)?;
+        set.peers.push(PeerSet::new(PublicKey::from_bytes(*bytes)));
+        return Ok(());
+    }
+    match set.peers.last_mut() {
+        Some(peer) => peer_line(peer, key, value),
+        None => device_line(set, key, value),
     }
 }
 
@@ -535,10 +588,11 @@ fn check_protocol_version(version: u32) -> Result<(), UapiError> {
 
 /// The desired config after applying `set` to `current`, with WireGuard semantics.
 ///
-/// In order: `private_key` (all-zero is refused; a peer holding the new key's public half is
-/// removed, as wireguard-go does), `listen_port` (0 means none: the system picks), `fwmark`
-/// (only 0; else [`errno::EOPNOTSUPP`]), `replace_peers` (every existing peer is removed, then
-/// the listed ones are processed as new), then each peer entry in request order:
+/// In order: `private_key` (all-zero means no key: the interface then sends and answers no
+/// handshakes; a peer holding the new key's public half is removed, as wireguard-go does),
+/// `listen_port` (0 means no particular port: the one in use stays), `fwmark` (0 removes the
+/// mark), `replace_peers` (every existing peer is removed, then the listed ones are processed
+/// as new), then each peer entry in request order:
 /// - `protocol_version` other than 1 fails ([`errno::EPROTONOSUPPORT`]);
 /// - an entry for the interface's own public key is ignored, as wireguard-go does;
 /// - `remove` removes the peer if it exists, and nothing else in the entry counts;
@@ -553,34 +607,26 @@ fn check_protocol_version(version: u32) -> Result<(), UapiError> {
 /// - `replace_allowed_ips` clears the peer's allowed-ips; each `allowed_ip` then adds (host bits
 ///   cleared, like wg) or removes a prefix. Adding a prefix another peer has moves it to this
 ///   peer, as WireGuard's routing table does; removing one the peer lacks changes nothing.
+///   Prefixes of different peers may nest (routing picks the longest match).
 ///
-/// Does not validate rules across peers (overlapping allowed-ips and the like): the daemon
-/// validates the result as it validates a reloaded config file.
+/// Does not validate rules across peers: the daemon validates the result as it validates a
+/// reloaded config file.
 pub fn apply_set(current: &Config, set: &DeviceSet) -> Result<Config, UapiError> {
     let mut interface = current.interface.clone();
     if let Some(key) = &set.private_key {
-        if key.as_bytes() == &[0; 32] {
-            return Err(UapiError::invalid(
-                "private_key: an all-zero key would remove the interface's identity, and a \
-                 sitelink interface always needs one; send a private key",
-            ));
-        }
-        interface.private_key = key.clone();
+        interface.private_key = (key.as_bytes() != &[0; 32]).then(|| key.clone());
     }
     if let Some(port) = set.listen_port {
         interface.listen_port = (port != 0).then_some(port);
     }
-    if let Some(mark) = set.fwmark.filter(|&mark| mark != 0) {
-        return Err(UapiError::new(
-            errno::EOPNOTSUPP,
-            format!("fwmark: fwmark is not supported; {mark} cannot be set (only 0, no mark)"),
-        ));
+    if let Some(mark) = set.fwmark {
+        interface.fwmark = (mark != 0).then_some(mark);
     }
 
     let own_key = interface.public_key();
     let mut peers = Peers::new(current, set.replace_peers);
-    if set.private_key.is_some() {
-        peers.remove(&own_key);
+    if let (Some(_), Some(own)) = (&set.private_key, &own_key) {
+        peers.remove(own);
     }
     for entry in &set.peers {
         if let Some(version) = entry.protocol_version {
@@ -589,7 +635,7 @@ pub fn apply_set(current: &Config, set: &DeviceSet) -> Result<Config, UapiError>
                 message: format!("peer {}: {}", entry.public_key, e.message),
             })?;
         }
-        if entry.public_key == own_key {
+        if Some(entry.public_key) == own_key {
             continue;
         }
         if entry.remove {
@@ -777,10 +823,12 @@ impl<'c> Peers<'c> {
 
 /// What `get` reports: the interface as running, not as configured.
 pub struct DeviceState<'a> {
-    /// The interface's private key.
-    pub private_key: &'a PrivateKey,
+    /// The interface's private key (`None`: no key; the line is left out).
+    pub private_key: Option<&'a PrivateKey>,
     /// The bound UDP port (0 if not bound: then the line is left out, as wireguard-go does).
     pub listen_port: u16,
+    /// The mark on the UDP socket (`None`: the line is left out).
+    pub fwmark: Option<u32>,
     /// The peers, in the order to report them.
     pub peers: Vec<PeerState>,
 }
@@ -807,7 +855,7 @@ pub struct PeerState {
 }
 
 /// The full `get` reply, ending with `errno=0\n\n`, in wireguard-go's order: `private_key`
-/// (hex), `listen_port` (unless 0), then per peer `public_key`, `preshared_key` (64 zeros when
+/// (hex, unless none), `listen_port` (unless 0), `fwmark` (unless none), then per peer `public_key`, `preshared_key` (64 zeros when
 /// none), `protocol_version=1`, `endpoint` (if any; IPv6 in brackets, IPv4-mapped IPv6 as IPv4),
 /// `last_handshake_time_sec`/`_nsec` (Unix time; 0 and 0 if never), `tx_bytes`, `rx_bytes`,
 /// `persistent_keepalive_interval` (0 when off) and one `allowed_ip` per prefix.
@@ -815,9 +863,14 @@ pub struct PeerState {
 /// The reply holds the private and preshared keys: send it and drop it, never log it.
 pub fn format_get(state: &DeviceState<'_>) -> String {
     let mut out = Reply(String::with_capacity(128 + 400 * state.peers.len()));
-    out.key("private_key", state.private_key.as_bytes());
+    if let Some(key) = state.private_key {
+        out.key("private_key", key.as_bytes());
+    }
     if state.listen_port != 0 {
         out.line("listen_port", state.listen_port);
+    }
+    if let Some(mark) = state.fwmark {
+        out.line("fwmark", mark);
     }
     for peer in &state.peers {
         out.key("public_key", peer.public_key.as_bytes());
@@ -1425,7 +1478,7 @@ allowed-ips = ["198.19.3.0/24"]
         read_error(
             "get=1\nx\n",
             errno::EINVAL,
-            &["line 2: unexpected 'x' after get=1"],
+            &["line 2: unexpected \"x\" after get=1"],
         );
     }
 
@@ -1535,7 +1588,7 @@ allowed-ips = ["198.19.3.0/24"]
         let config = apply(&f.config, &syncconf_text()).unwrap();
         assert_eq!(names(&config), ["site-b", "wg-dddddddd"]);
         assert_eq!(
-            config.interface.private_key.as_bytes(),
+            config.interface.private_key.as_ref().unwrap().as_bytes(),
             &bytes_of(ALICE_HEX)
         );
         assert_eq!(config.interface.listen_port, Some(51820));
@@ -1552,21 +1605,27 @@ allowed-ips = ["198.19.3.0/24"]
     }
 
     #[test]
-    fn private_key_is_replaced_but_never_zeroed() {
+    fn private_key_is_replaced_and_all_zero_means_no_key() {
         let f = fixture();
         let new = PrivateKey::from_bytes([0x48; 32]);
         let text = format!("set=1\nprivate_key={}\n\n", hex(0x48));
         let config = apply(&f.config, &text).unwrap();
-        assert_eq!(config.interface.private_key.as_bytes(), new.as_bytes());
-        assert_eq!(config.interface.public_key(), new.public_key());
+        assert_eq!(
+            config.interface.private_key.as_ref().unwrap().as_bytes(),
+            new.as_bytes()
+        );
+        assert_eq!(config.interface.public_key(), Some(new.public_key()));
         assert_eq!(names(&config), ["site-b", "site-c"]);
 
-        let e = apply(&f.config, &format!("set=1\nprivate_key={}\n\n", hex(0))).unwrap_err();
-        check(
-            &e,
-            errno::EINVAL,
-            &["private_key: an all-zero key", "always needs one"],
-        );
+        // `wg setconf` of a file without PrivateKey sends 64 zeros: the interface has no key.
+        let config = apply(&f.config, &format!("set=1\nprivate_key={}\n\n", hex(0))).unwrap();
+        assert!(config.interface.private_key.is_none());
+        assert_eq!(config.interface.public_key(), None);
+        assert_eq!(names(&config), ["site-b", "site-c"], "peers stay");
+        config.validate().unwrap();
+        // ... and gets one back later.
+        let config = apply(&config, &text).unwrap();
+        assert_eq!(config.interface.public_key(), Some(new.public_key()));
     }
 
     #[test]
@@ -1597,17 +1656,15 @@ allowed-ips = ["198.19.3.0/24"]
     }
 
     #[test]
-    fn only_fwmark_zero_is_supported() {
+    fn fwmark_is_set_and_zero_removes_it() {
         let f = fixture();
-        let config = apply(&f.config, "set=1\nfwmark=0\n\n").unwrap();
+        let config = apply(&f.config, "set=1\nfwmark=51820\n\n").unwrap();
+        assert_eq!(config.interface.fwmark, Some(51820));
         assert_eq!(names(&config), ["site-b", "site-c"]);
-        let e = apply(&f.config, "set=1\nfwmark=5\n\n").unwrap_err();
-        check(&e, errno::EOPNOTSUPP, &["fwmark is not supported", "5"]);
-        assert_eq!(
-            format_errno(&e),
-            "errno=-95\n\n",
-            "wg prints strerror(95): Operation not supported"
-        );
+        let config = apply(&config, "set=1\nfwmark=0\n\n").unwrap();
+        assert_eq!(config.interface.fwmark, None);
+        let e = read_error("set=1\nfwmark=-1\n\n", errno::EINVAL, &["fwmark"]);
+        assert_eq!(format_errno(&e), "errno=-22\n\n");
     }
 
     #[test]
@@ -1824,15 +1881,6 @@ allowed-ips = ["198.19.3.0/24"]
         };
         let e = apply_set(&f.config, &set).unwrap_err();
         check(&e, errno::EPROTONOSUPPORT, &["protocol_version: 2"]);
-
-        let set = DeviceSet {
-            fwmark: Some(1),
-            ..DeviceSet::default()
-        };
-        assert_eq!(
-            apply_set(&f.config, &set).unwrap_err().errno,
-            errno::EOPNOTSUPP
-        );
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1843,7 +1891,8 @@ allowed-ips = ["198.19.3.0/24"]
         let private = alice();
         let handshake = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         let state = DeviceState {
-            private_key: &private,
+            private_key: Some(&private),
+            fwmark: None,
             listen_port: 51820,
             peers: vec![
                 PeerState {
@@ -1905,7 +1954,8 @@ allowed-ips = ["198.19.3.0/24"]
     fn get_reply_edge_cases() {
         let private = alice();
         let state = DeviceState {
-            private_key: &private,
+            private_key: Some(&private),
+            fwmark: None,
             listen_port: 0,
             peers: vec![PeerState {
                 public_key: key(D),
@@ -1927,7 +1977,8 @@ allowed-ips = ["198.19.3.0/24"]
         assert!(reply.ends_with("allowed_ip=198.19.4.0/24\nerrno=0\n\n"));
 
         let empty = DeviceState {
-            private_key: &private,
+            private_key: Some(&private),
+            fwmark: None,
             listen_port: 1,
             peers: vec![],
         };

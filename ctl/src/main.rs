@@ -209,13 +209,15 @@ fn request(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .with_context(|| format!("cannot send to {}", socket.display()))?;
+    // The daemon may answer before it has read the request (a refusal) and close: then the
+    // send fails with EPIPE, but the answer is waiting to be read.
+    let sent = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .with_context(|| format!("no reply from {}", socket.display()))?;
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    if reply.is_empty() {
+        sent.with_context(|| format!("cannot send to {}", socket.display()))?;
+        read.with_context(|| format!("no reply from {}", socket.display()))?;
+    }
     match serde_json::from_str::<Response>(&reply)
         .with_context(|| format!("malformed reply from {}", socket.display()))?
     {
@@ -229,9 +231,20 @@ fn render(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let i = &status.interface;
     out += &format!("interface: {}\n", i.name);
-    out += &format!("  public key: {}\n", i.public_key);
-    out += "  private key: (hidden)\n";
+    match &i.public_key {
+        Some(key) => {
+            out += &format!("  public key: {key}\n");
+            out += "  private key: (hidden)\n";
+        }
+        None => out += "  private key: (none: no handshakes until one is set)\n",
+    }
     out += &format!("  listening port: {}\n", i.listen_port);
+    if let Some(mark) = i.fwmark {
+        out += &format!("  fwmark: {mark:#x}\n");
+    }
+    if !i.table.is_empty() && i.table != "auto" {
+        out += &format!("  table: {}\n", i.table);
+    }
     if !i.addresses.is_empty() {
         out += &format!("  addresses: {}\n", i.addresses.join(", "));
     }
@@ -366,10 +379,12 @@ mod tests {
         let status = Status {
             interface: InterfaceStatus {
                 name: "sl0".into(),
-                public_key: "ourkey".into(),
+                public_key: Some("ourkey".into()),
                 listen_port: 51820,
                 addresses: vec!["198.18.100.1/24".into()],
                 mtu: 1420,
+                fwmark: Some(51820),
+                table: "auto".into(),
                 dropped: BTreeMap::new(),
             },
             peers: vec![
@@ -391,5 +406,12 @@ mod tests {
         assert!(text.contains("latest handshake: 1 minute, 40 seconds ago"));
         assert!(text.contains("transfer: 2.00 KiB received, 1 B sent"));
         assert!(text.contains("private key: (hidden)"));
+        assert!(text.contains("fwmark: 0xca6c"));
+
+        let mut keyless = status.clone();
+        keyless.interface.public_key = None;
+        let text = render(&keyless, UNIX_EPOCH + Duration::from_secs(2000));
+        assert!(text.contains("private key: (none: no handshakes until one is set)"));
+        assert!(!text.contains("public key"));
     }
 }

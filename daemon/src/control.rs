@@ -296,6 +296,7 @@ pub fn status(state: &State) -> Status {
         ("unknown_index", c.unknown_index),
         ("invalid", c.invalid),
         ("cookie_replies", c.cookie_replies),
+        ("no_key", c.no_key),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -317,10 +318,12 @@ pub fn status(state: &State) -> Status {
     Status {
         interface: InterfaceStatus {
             name: iface.name.to_string(),
-            public_key: engine.public_key().to_string(),
+            public_key: engine.public_key().map(|k| k.to_string()),
             listen_port: state.listen_port,
             addresses: iface.addresses.iter().map(|c| c.to_string()).collect(),
             mtu: iface.mtu,
+            fwmark: state.fwmark,
+            table: iface.table.to_string(),
             dropped,
         },
         peers,

@@ -15,12 +15,24 @@
 //! The engine sits behind a mutex that this thread takes once per batch; the control socket
 //! takes it briefly for status. One bad packet is counted by the engine and never stops the
 //! batch.
+//!
+//! The control plane talks to this thread through a [`Handle`]: a [`Command`] channel and a
+//! wake-up socket that is part of the poll set. A new listen port arrives as a bound socket
+//! ([`Command::UseSocket`]); the loop switches to it between batches and closes the old one,
+//! so sessions go on and the peers roam to the new port on our next packet.
+//!
+//! Sticky source: every datagram records the local address it arrived at (IP_PKTINFO /
+//! IPV6_PKTINFO, which quinn-udp enables), the engine keeps it per peer, and sends to that peer
+//! leave from it. If the address is gone (EINVAL/EADDRNOTAVAIL), the datagram goes again from
+//! the kernel's choice and the engine forgets the address until the peer's next packet.
 
 use std::io::{self, IoSliceMut};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +40,7 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use sitelink_engine::{Engine, Instant, Received};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::udp::{canonical, Udp};
+use crate::udp::{canonical, canonical_ip, Udp};
 
 /// Largest IP packet or coalesced datagram buffer we ever handle.
 const MAX_PACKET: usize = 65536;
@@ -37,12 +49,62 @@ const BUDGET: usize = 16;
 /// How long one send may wait for socket buffer space before the datagram is dropped.
 const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
+/// What the control plane asks of the packet loop.
+pub enum Command {
+    /// Move to this UDP socket (a new listen port) and close the current one.
+    UseSocket(Udp),
+}
+
+/// The control plane's end: commands, and the wake-up that makes the loop read them.
+pub struct Handle {
+    commands: Sender<Command>,
+    wake: UnixDatagram,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// A handle and the loop's ends of its channel and wake-up socket.
+    pub fn new() -> io::Result<(Self, Receiver<Command>, UnixDatagram, Arc<AtomicBool>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Self {
+            commands: tx,
+            wake: wake_tx,
+            stop: Arc::clone(&stop),
+        };
+        Ok((handle, rx, wake_rx, stop))
+    }
+
+    /// Queues `command` and wakes the loop. Fails only if the loop has ended.
+    pub fn send(&self, command: Command) -> io::Result<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| io::Error::other("the packet loop has stopped"))?;
+        self.wake_up();
+        Ok(())
+    }
+
+    /// Asks the loop to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake_up();
+    }
+
+    fn wake_up(&self) {
+        // A full socket buffer means the loop has wake-ups pending already.
+        let _ = self.wake.send(b"w");
+    }
+}
+
 pub struct DataPlane {
     pub tun: SyncDevice,
     pub udp: Udp,
     pub engine: Arc<Mutex<Engine>>,
-    /// Readable when the daemon wants the loop to stop.
+    /// Readable when the control plane has a command or wants the loop to stop.
     pub wake: UnixDatagram,
+    pub commands: Receiver<Command>,
     pub stop: Arc<AtomicBool>,
     /// systemd watchdog ping interval: pinged from this loop, so a wedged loop (not just a
     /// wedged process) gets the service restarted.
@@ -56,16 +118,17 @@ impl DataPlane {
         let state = UdpSocketState::new((&self.udp.socket).into())?;
         let mut io = Io {
             tun: &self.tun,
-            udp: &self.udp,
+            udp: self.udp,
             state,
             gso: Gso::default(),
             out: TunBatch::default(),
             gro: GROTable::default(),
+            stale: Vec::new(),
         };
         let mut bufs = Buffers::new();
-        let fds = [
+        let mut fds = [
             self.tun.as_raw_fd(),
-            self.udp.socket.as_raw_fd(),
+            io.udp.socket.as_raw_fd(),
             self.wake.as_raw_fd(),
         ];
         let mut next_tick = Instant::now();
@@ -77,33 +140,61 @@ impl DataPlane {
                     next_ping = Instant::now() + interval;
                 }
             }
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut wait = next_tick.saturating_duration_since(Instant::now());
+            if self.watchdog.is_some() {
+                wait = wait.min(next_ping.saturating_duration_since(Instant::now()));
+            }
             let ready = poll_readable(&fds, wait)?;
-            if ready[2] || self.stop.load(Ordering::Relaxed) {
+            if ready[2] {
+                drain_wakeups(&self.wake);
+                while let Ok(command) = self.commands.try_recv() {
+                    match command {
+                        Command::UseSocket(udp) => {
+                            io.use_socket(udp)?;
+                            fds[1] = io.udp.socket.as_raw_fd();
+                        }
+                    }
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
                 let mut engine = lock(&self.engine);
-                engine.handle_timeout(Instant::now(), SystemTime::now());
-                next_tick = engine.poll_timeout().0;
+                engine.handle_timeout(now, SystemTime::now());
+                // Nothing scheduled: wake once a second anyway, so that the engine's
+                // wall-clock reference stays fresh.
+                next_tick = engine
+                    .poll_timeout()
+                    .map_or(now + IDLE_WAKE, |(at, _)| at.min(now + IDLE_WAKE));
                 io.drain_engine(&mut engine, &mut bufs.scratch);
             }
             if ready[1] {
                 for _ in 0..BUDGET {
-                    if !io.udp_to_tun(&self.engine, &mut bufs)? {
+                    if !io.udp_to_tun(&self.engine, &mut bufs, &mut next_tick)? {
                         break;
                     }
                 }
             }
             if ready[0] {
                 for _ in 0..BUDGET {
-                    if !io.tun_to_udp(&self.engine, &mut bufs)? {
+                    if !io.tun_to_udp(&self.engine, &mut bufs, &mut next_tick)? {
                         break;
                     }
                 }
             }
         }
     }
+}
+
+/// Longest the loop sleeps when no timer is due.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// Empties the wake-up socket (its datagrams carry no data; the commands are in the channel).
+fn drain_wakeups(wake: &UnixDatagram) {
+    let mut buf = [0u8; 64];
+    while wake.recv(&mut buf).is_ok() {}
 }
 
 /// Locks the engine. Every user of the shared engine goes through here.
@@ -143,17 +234,55 @@ impl Buffers {
 
 struct Io<'a> {
     tun: &'a SyncDevice,
-    udp: &'a Udp,
+    udp: Udp,
     state: UdpSocketState,
     gso: Gso,
     out: TunBatch,
     gro: GROTable,
+    /// Sends whose sticky source address had gone: (destination, source), for the engine.
+    stale: Vec<(SocketAddr, IpAddr)>,
 }
 
 impl Io<'_> {
+    /// Switches to a new UDP socket; the old one closes when dropped here.
+    fn use_socket(&mut self, udp: Udp) -> io::Result<()> {
+        self.state = UdpSocketState::new((&udp.socket).into())?;
+        let old = std::mem::replace(&mut self.udp, udp);
+        tracing::info!(
+            old_port = old.local_port().unwrap_or(0),
+            new_port = self.udp.local_port().unwrap_or(0),
+            "moved to the new listen port"
+        );
+        Ok(())
+    }
+
+    /// Sends one datagram the engine produced.
+    fn send_one(&mut self, t: &sitelink_engine::Transmit<'_>) {
+        send(
+            &self.udp,
+            &self.state,
+            (t.dst, t.src),
+            t.payload,
+            None,
+            &mut self.stale,
+        );
+    }
+
+    /// Tells the engine about sticky source addresses that turned out to be gone.
+    fn report_stale(&mut self, engine: &mut Engine) {
+        for (dst, src) in self.stale.drain(..) {
+            tracing::info!(%dst, %src, "local address gone; replies go from the kernel's choice until the peer's next packet");
+            engine.forget_source(dst, src);
+        }
+    }
     /// One TUN read (possibly a super-packet) through the engine to the network.
     /// Returns whether there was anything to read.
-    fn tun_to_udp(&mut self, engine: &Mutex<Engine>, b: &mut Buffers) -> io::Result<bool> {
+    fn tun_to_udp(
+        &mut self,
+        engine: &Mutex<Engine>,
+        b: &mut Buffers,
+        next_tick: &mut Instant,
+    ) -> io::Result<bool> {
         let n = match self
             .tun
             .recv_multiple(&mut b.tun_raw, &mut b.tun_pkts, &mut b.tun_sizes, 0)
@@ -172,25 +301,32 @@ impl Io<'_> {
             }
         };
         let mut engine = lock(engine);
+        let now = Instant::now();
         for (pkt, &size) in b.tun_pkts.iter().zip(&b.tun_sizes).take(n) {
-            if let Some(t) = engine.handle_tunnel_packet(&pkt[..size], &mut b.scratch) {
-                let dst = t.dst;
+            if let Some(t) = engine.handle_tunnel_packet(now, &pkt[..size], &mut b.scratch) {
+                let (dst, src) = (t.dst, t.src);
                 if !self
                     .gso
-                    .fits(dst, t.payload.len(), self.state.max_gso_segments())
+                    .fits(dst, src, t.payload.len(), self.state.max_gso_segments())
                 {
-                    self.gso.flush(self.udp, &self.state);
+                    self.gso.flush(&self.udp, &self.state, &mut self.stale);
                 }
-                self.gso.push(dst, t.payload);
+                self.gso.push(dst, src, t.payload);
             }
         }
-        self.gso.flush(self.udp, &self.state);
+        self.gso.flush(&self.udp, &self.state, &mut self.stale);
         self.drain_engine(&mut engine, &mut b.scratch);
+        note_deadline(&engine, next_tick);
         Ok(true)
     }
 
     /// One recvmmsg batch from the network through the engine to the TUN device.
-    fn udp_to_tun(&mut self, engine: &Mutex<Engine>, b: &mut Buffers) -> io::Result<bool> {
+    fn udp_to_tun(
+        &mut self,
+        engine: &Mutex<Engine>,
+        b: &mut Buffers,
+        next_tick: &mut Instant,
+    ) -> io::Result<bool> {
         let mut slices: Vec<IoSliceMut<'_>> =
             b.udp_bufs.iter_mut().map(|v| IoSliceMut::new(v)).collect();
         let n = match self
@@ -209,23 +345,26 @@ impl Io<'_> {
         };
         drop(slices);
         let mut engine = lock(engine);
+        let now = Instant::now();
         for (buf, meta) in b.udp_bufs.iter().zip(&b.udp_meta).take(n) {
             let from = canonical(meta.addr);
+            let local = meta.dst_ip.map(canonical_ip);
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len].chunks(stride) {
-                match engine.handle_datagram(from, datagram, &mut b.scratch) {
+                match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {
                     Received::Tunnel(packet) => {
                         self.out.push(packet);
                         if self.out.is_full() {
                             self.out.flush(self.tun, &mut self.gro);
                         }
                     }
-                    Received::Network(t) => send(self.udp, &self.state, t.dst, t.payload, None),
+                    Received::Network(t) => self.send_one(&t),
                     Received::Nothing => {}
                 }
             }
         }
         self.drain_engine(&mut engine, &mut b.scratch);
+        note_deadline(&engine, next_tick);
         drop(engine);
         self.out.flush(self.tun, &mut self.gro);
         Ok(true)
@@ -234,8 +373,16 @@ impl Io<'_> {
     /// Sends whatever the engine wants sent beyond direct replies.
     fn drain_engine(&mut self, engine: &mut Engine, scratch: &mut [u8]) {
         while let Some(t) = engine.poll_transmit(scratch) {
-            send(self.udp, &self.state, t.dst, t.payload, None);
+            self.send_one(&t);
         }
+        self.report_stale(engine);
+    }
+}
+
+/// Packets can give a peer session state, and with it a deadline sooner than the loop's.
+fn note_deadline(engine: &Engine, next_tick: &mut Instant) {
+    if let Some((at, _)) = engine.poll_timeout() {
+        *next_tick = (*next_tick).min(at);
     }
 }
 
@@ -275,30 +422,33 @@ impl TunBatch {
     }
 }
 
-/// A run of equal-sized datagrams to one destination, sent with one UDP GSO send (the last
-/// datagram may be shorter; after it the run is closed).
+/// A run of equal-sized datagrams to one destination from one source, sent with one UDP GSO
+/// send (the last datagram may be shorter; after it the run is closed).
 #[derive(Default)]
 struct Gso {
     buf: Vec<u8>,
     dst: Option<SocketAddr>,
+    src: Option<IpAddr>,
     segment: usize,
     count: usize,
     closed: bool,
 }
 
 impl Gso {
-    fn fits(&self, dst: SocketAddr, len: usize, max_segments: usize) -> bool {
+    fn fits(&self, dst: SocketAddr, src: Option<IpAddr>, len: usize, max_segments: usize) -> bool {
         self.count == 0
             || (self.dst == Some(dst)
+                && self.src == src
                 && !self.closed
                 && len <= self.segment
                 && self.count < max_segments.min(64)
                 && self.buf.len() + len <= MAX_PACKET - 1024)
     }
 
-    fn push(&mut self, dst: SocketAddr, payload: &[u8]) {
+    fn push(&mut self, dst: SocketAddr, src: Option<IpAddr>, payload: &[u8]) {
         if self.count == 0 {
             self.dst = Some(dst);
+            self.src = src;
             self.segment = payload.len();
             self.closed = false;
         } else if payload.len() < self.segment {
@@ -308,10 +458,10 @@ impl Gso {
         self.count += 1;
     }
 
-    fn flush(&mut self, udp: &Udp, state: &UdpSocketState) {
+    fn flush(&mut self, udp: &Udp, state: &UdpSocketState, stale: &mut Vec<(SocketAddr, IpAddr)>) {
         if let (Some(dst), true) = (self.dst, self.count > 0) {
             let segment = (self.count > 1).then_some(self.segment);
-            send(udp, state, dst, &self.buf, segment);
+            send(udp, state, (dst, self.src), &self.buf, segment, stale);
         }
         self.buf.clear();
         self.count = 0;
@@ -319,24 +469,28 @@ impl Gso {
     }
 }
 
-/// Sends one datagram (or GSO run), waiting for buffer space up to `SEND_PATIENCE`: that is
-/// the back-pressure that slows TCP down instead of dropping its packets.
+/// Sends one datagram (or GSO run) to `to.0` from local address `to.1` (or the kernel's
+/// choice), waiting for buffer space up to `SEND_PATIENCE`: that is the back-pressure that
+/// slows TCP down instead of dropping its packets. A source address the kernel refuses (gone
+/// from the host) is dropped for this send and recorded in `stale`.
 fn send(
     udp: &Udp,
     state: &UdpSocketState,
-    dst: SocketAddr,
+    to: (SocketAddr, Option<IpAddr>),
     contents: &[u8],
     segment_size: Option<usize>,
+    stale: &mut Vec<(SocketAddr, IpAddr)>,
 ) {
-    let transmit = Transmit {
-        destination: udp.to_socket(dst),
-        ecn: None,
-        contents,
-        segment_size,
-        src_ip: None,
-    };
+    let (dst, mut src) = to;
     let deadline = std::time::Instant::now() + SEND_PATIENCE;
     loop {
+        let transmit = Transmit {
+            destination: udp.to_socket(dst),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: src,
+        };
         match state.try_send((&udp.socket).into(), &transmit) {
             Ok(()) => return,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -350,6 +504,14 @@ fn send(
                     libc::POLLOUT,
                     left.min(Duration::from_millis(100)),
                 );
+            }
+            Err(e)
+                if src.is_some()
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL)) =>
+            {
+                if let Some(gone) = src.take() {
+                    stale.push((dst, gone));
+                }
             }
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "UDP send failed");

@@ -13,6 +13,8 @@ mod control;
 mod dataplane;
 mod netlink;
 mod privilege;
+mod routes;
+mod sockopt;
 mod state;
 mod systemd;
 mod uapi_server;
@@ -20,9 +22,8 @@ mod udp;
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -92,18 +93,39 @@ async fn serve(config: Config) -> Result<()> {
     let index = tun
         .if_index()
         .with_context(|| format!("cannot read the index of interface {}", iface.name))?;
-    // The UDP port first: if it is taken, nothing has been configured yet.
-    let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0))?;
+    // The UDP port first: if it is taken, nothing has been configured yet. Its fwmark is
+    // set with the rest of the configuration.
+    let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0), None)?;
     let listen_port = udp.local_port()?;
     let engine = Arc::new(Mutex::new(Engine::new(
-        &iface.private_key,
+        iface.private_key.as_ref(),
         Instant::now(),
         SystemTime::now(),
     )));
-    let netlink = netlink::Netlink::open(index)?;
-    let state = State::start(config, Arc::clone(&engine), netlink, listen_port).await?;
+    let netlink = netlink::Netlink::open(index, iface.name.as_str())?;
+    let (plane, commands, wake, stop) =
+        dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
+    let socket = udp.control_handle()?;
+    let state = State::start(
+        config,
+        Arc::clone(&engine),
+        netlink,
+        socket,
+        listen_port,
+        plane,
+    )
+    .await?;
     let state = Arc::new(tokio::sync::Mutex::new(state));
-    let result = run_interface(Arc::clone(&state), engine, tun, udp, access).await;
+    let plane = dataplane::DataPlane {
+        tun,
+        udp,
+        engine,
+        wake,
+        commands,
+        stop,
+        watchdog: systemd::watchdog_interval(),
+    };
+    let result = run_interface(Arc::clone(&state), plane, access).await;
     state.lock().await.teardown().await;
     result
 }
@@ -111,9 +133,7 @@ async fn serve(config: Config) -> Result<()> {
 /// Everything after the interface is configured: sockets, packet loop, signals.
 async fn run_interface(
     state: Arc<tokio::sync::Mutex<State>>,
-    engine: Arc<Mutex<Engine>>,
-    tun: tun_rs::SyncDevice,
-    udp: udp::Udp,
+    plane: dataplane::DataPlane,
     access: Arc<Access>,
 ) -> Result<()> {
     let (name, peers, listen_port) = {
@@ -124,7 +144,9 @@ async fn run_interface(
             s.listen_port,
         )
     };
-    let public_key = dataplane::lock(&engine).public_key();
+    let public_key = dataplane::lock(&plane.engine)
+        .public_key()
+        .map_or_else(|| "(none: no private key)".to_string(), |k| k.to_string());
 
     let socket_path = sitelink_config::control_socket_path(&name);
     let listener = control::bind(&socket_path, 0o750, &access)?;
@@ -164,17 +186,6 @@ async fn run_interface(
         return Err(e);
     }
 
-    let (wake_tx, wake_rx) =
-        UnixDatagram::pair().context("cannot create the wake-up socket pair")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let plane = dataplane::DataPlane {
-        tun,
-        udp,
-        engine,
-        wake: wake_rx,
-        stop: Arc::clone(&stop),
-        watchdog: systemd::watchdog_interval(),
-    };
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_name = name.clone();
     let thread = std::thread::Builder::new()
@@ -201,14 +212,18 @@ async fn run_interface(
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = &mut done_rx => { tracing::error!("packet loop stopped"); break }
             _ = hup.recv() => match state.lock().await.reload().await {
-                Ok(summary) => tracing::info!(%summary, "SIGHUP: reloaded"),
+                Ok(summary) => {
+                    for warning in &summary.warnings {
+                        tracing::warn!("{warning}");
+                    }
+                    tracing::info!(%summary, "SIGHUP: reloaded")
+                }
                 Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e:#}"),
             },
         }
     }
     systemd::stopping();
-    stop.store(true, Ordering::Relaxed);
-    let _ = wake_tx.send(b"x");
+    state.lock().await.plane.stop();
     let loop_result = thread
         .join()
         .map_err(|_| anyhow::anyhow!("the packet thread panicked"))?;
@@ -231,7 +246,7 @@ async fn drop_privileges(state: &tokio::sync::Mutex<State>) -> Result<()> {
     }
     privilege::drop_to(&user)?;
     // The key file is root's; reloads keep the key in use.
-    state.key_fallback = Some(state.config.interface.private_key.clone());
+    state.key_fallback = state.config.interface.private_key.clone();
     Ok(())
 }
 

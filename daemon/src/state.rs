@@ -2,32 +2,50 @@
 //!
 //! Every change — `sitelinkctl peer add/set/remove`, `reload` and SIGHUP, and the WireGuard
 //! UAPI `set` — is expressed as a whole new desired [`Config`] and goes through
-//! [`State::apply`]: validated with the same rules as a config file, then the difference is
-//! applied. Unchanged peers are not touched, so their sessions survive; a changed peer keeps
-//! its session unless its keys changed. Owns: the mapping from public keys to engine peer
-//! ids, DNS resolution tasks for host-name endpoints, and the routes/addresses/MTU in line
-//! with the config. Doesn't own: packets (the data plane) or sockets.
+//! [`State::apply`], all or nothing:
+//! 1. validate it with the same rules as a config file (nothing is touched if it is wrong);
+//! 2. prepare what can fail: bind the new listen port if it changes (a port that is taken
+//!    refuses the change), set the socket's fwmark, then the kernel changes (MTU, addresses,
+//!    routes and rules in netlink batches), each undone if a later one fails;
+//! 3. commit what cannot fail: the engine's peers and keys, the packet loop's socket, and the
+//!    stored configuration.
+//!
+//! So a refused change leaves engine, routes, addresses, socket and the stored configuration
+//! exactly as they were, and says why; the next change starts from the same state. Unchanged
+//! peers are not touched, so their sessions survive; a changed peer keeps its session (a new
+//! preshared key takes effect at its next handshake). Owns: the mapping from public keys to
+//! engine peer ids, DNS resolution tasks for host-name endpoints. Doesn't own: packets (the
+//! data plane) or the socket protocols.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::net::UdpSocket;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sitelink_config::{Cidr, Config, Endpoint, Peer, PrivateKey, PublicKey};
+use sitelink_config::{Cidr, Config, Endpoint, Interface, Peer, PrivateKey, PublicKey};
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 use tokio::task::JoinHandle;
 
-use crate::dataplane;
-use crate::netlink::Netlink;
+use crate::dataplane::{self, Command};
+use crate::netlink::{Change, Netlink};
+use crate::routes::{Route, Routing, RoutingDiff};
 use crate::systemd;
+use crate::udp::{self, Udp};
 
 pub struct State {
     pub config: Config,
     pub engine: Arc<Mutex<Engine>>,
     pub listen_port: u16,
+    /// The mark on the UDP socket now (`fwmark`, or automatic for a default route).
+    pub fwmark: Option<u32>,
+    /// The packet loop's commands and wake-up.
+    pub plane: dataplane::Handle,
     netlink: Netlink,
+    /// Another handle on the packet loop's UDP socket, to change its mark.
+    socket: UdpSocket,
     ids: HashMap<PublicKey, PeerId>,
     resolvers: HashMap<PublicKey, JoinHandle<()>>,
     /// The private key reloads use when the key file is not readable any more (after
@@ -48,6 +66,13 @@ pub struct Summary {
     pub routes_removed: Vec<String>,
     pub mtu: Option<(u16, u16)>,
     pub private_key_changed: bool,
+    /// `(old, new)` when the listen port moved.
+    pub listen_port: Option<(u16, u16)>,
+    /// `(old, new)` when the UDP socket's mark changed (0: none).
+    pub fwmark: Option<(u32, u32)>,
+    /// What could not be done but does not fail the change (an interface moved to another
+    /// namespace, a strict reverse-path filter).
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for Summary {
@@ -56,7 +81,7 @@ impl fmt::Display for Summary {
             if v.is_empty() {
                 "none".to_string()
             } else {
-                v.join(", ")
+                shorten(v)
             }
         };
         write!(
@@ -79,59 +104,100 @@ impl fmt::Display for Summary {
             write!(
                 f,
                 "; routes +[{}] -[{}]",
-                self.routes_added.join(", "),
-                self.routes_removed.join(", ")
+                shorten(&self.routes_added),
+                shorten(&self.routes_removed)
             )?;
         }
         if let Some((old, new)) = self.mtu {
             write!(f, "; mtu {old} -> {new}")?;
         }
+        if let Some((old, new)) = self.listen_port {
+            write!(f, "; listen-port {old} -> {new}")?;
+        }
+        if let Some((old, new)) = self.fwmark {
+            write!(f, "; fwmark {old:#x} -> {new:#x}")?;
+        }
         if self.private_key_changed {
             write!(f, "; private key changed (all peers re-handshake)")?;
+        }
+        if !self.warnings.is_empty() {
+            write!(f, "; warnings: {}", self.warnings.join("; "))?;
         }
         Ok(())
     }
 }
 
+/// A long list as its first entries and a count.
+fn shorten(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text += &format!(", ... ({} in all)", items.len());
+    }
+    text
+}
+
 impl State {
-    /// Sets the interface up for `config` (MTU, addresses, link, routes) and loads its
-    /// peers into `engine`.
+    /// Sets the interface up for `config` (MTU, link, then addresses, routes, rules and peers
+    /// through [`State::apply`]). `socket` is a control handle on the packet loop's UDP
+    /// socket, bound to `listen_port`.
     pub async fn start(
         config: Config,
         engine: Arc<Mutex<Engine>>,
         netlink: Netlink,
+        socket: UdpSocket,
         listen_port: u16,
+        plane: dataplane::Handle,
     ) -> Result<Self> {
         let iface = &config.interface;
         netlink
-            .configure_link(iface.mtu, &iface.addresses)
+            .set_mtu(iface.mtu)
             .await
+            .and(netlink.bring_up().await)
             .with_context(|| format!("cannot configure interface {}", iface.name))?;
-        let mut state = Self {
-            config: Config {
-                peers: Vec::new(),
-                ..config.clone()
+        // Start from an interface with nothing on it; `apply` adds the rest.
+        let empty = Config {
+            peers: Vec::new(),
+            interface: Interface {
+                addresses: Vec::new(),
+                fwmark: None,
+                ..iface.clone()
             },
+            ..config.clone()
+        };
+        let mut state = Self {
+            config: empty,
             engine,
             listen_port,
+            fwmark: None,
+            plane,
             netlink,
+            socket,
             ids: HashMap::new(),
             resolvers: HashMap::new(),
             key_fallback: None,
         };
-        if let Err(e) = state
-            .apply_peers(&config.peers, &mut Summary::default())
-            .await
-        {
-            state.teardown().await;
-            return Err(e);
+        match state.apply(config).await {
+            Ok(summary) => {
+                for warning in &summary.warnings {
+                    tracing::warn!("{warning}");
+                }
+                Ok(state)
+            }
+            Err(e) => {
+                state.teardown().await;
+                Err(e)
+            }
         }
-        state.config = config;
-        Ok(state)
     }
 
-    /// Validates `new` and brings the interface and peers in line with it. Nothing changes
-    /// if validation fails.
+    /// Validates `new` and brings the interface and peers in line with it, all or nothing
+    /// (see the module docs).
     pub async fn apply(&mut self, new: Config) -> Result<Summary> {
         new.validate()?;
         let (old_if, new_if) = (&self.config.interface, &new.interface);
@@ -142,55 +208,111 @@ impl State {
                 new_if.name
             );
         }
-        if let Some(port) = new_if.listen_port.filter(|p| *p != self.listen_port) {
-            bail!(
-                "listen-port cannot change while running ({} -> {port}); restart sitelinkd to apply it",
-                self.listen_port
-            );
-        }
         let mut summary = Summary::default();
-        if new_if.mtu != old_if.mtu {
-            self.netlink.set_mtu(new_if.mtu).await?;
-            summary.mtu = Some((old_if.mtu, new_if.mtu));
+        let new_mark = new_if.effective_fwmark(&new.peers);
+
+        // Prepare: what can fail, in an order that can be undone.
+        let new_socket = match new_if.listen_port.filter(|p| *p != self.listen_port) {
+            Some(port) => {
+                let udp = Udp::bind(port, new_mark)
+                    .with_context(|| format!("listen-port {port} refused, nothing changed"))?;
+                let handle = udp.control_handle()?;
+                summary.listen_port = Some((self.listen_port, port));
+                Some((udp, handle, port))
+            }
+            None => None,
+        };
+        let mark_changed = new_mark != self.fwmark;
+        if mark_changed && new_socket.is_none() {
+            udp::set_mark(&self.socket, new_mark)?;
         }
-        let old_addrs: BTreeSet<String> = old_if.addresses.iter().map(Cidr::to_string).collect();
-        let new_addrs: BTreeSet<String> = new_if.addresses.iter().map(Cidr::to_string).collect();
-        for cidr in new_if
-            .addresses
-            .iter()
-            .filter(|c| !old_addrs.contains(&c.to_string()))
-        {
-            self.netlink.add_address(*cidr).await?;
-            summary.addresses_added.push(cidr.to_string());
+        let change = self.kernel_change(&new, &mut summary);
+        let warnings = match self.netlink.apply(&change).await {
+            Ok(warnings) => warnings,
+            Err(e) => {
+                if mark_changed && new_socket.is_none() {
+                    if let Err(undo) = udp::set_mark(&self.socket, self.fwmark) {
+                        tracing::error!("restoring the fwmark: {undo:#}");
+                    }
+                }
+                return Err(e.context("the change was refused and nothing changed"));
+            }
+        };
+        summary.warnings.extend(warnings);
+        if !change.routing.add_rules.is_empty() {
+            summary.warnings.extend(strict_rp_filter_warning());
         }
-        for cidr in old_if
-            .addresses
-            .iter()
-            .filter(|c| !new_addrs.contains(&c.to_string()))
-        {
-            self.netlink.remove_address(*cidr).await?;
-            summary.addresses_removed.push(cidr.to_string());
+
+        // Commit: nothing below can fail.
+        if let Some((udp, handle, port)) = new_socket {
+            if self.plane.send(Command::UseSocket(udp)).is_ok() {
+                self.socket = handle;
+                self.listen_port = port;
+            }
         }
-        if new_if.private_key.as_bytes() != old_if.private_key.as_bytes() {
-            self.lock_engine().set_private_key(&new_if.private_key);
+        if mark_changed {
+            summary.fwmark = Some((self.fwmark.unwrap_or(0), new_mark.unwrap_or(0)));
+            self.fwmark = new_mark;
+        }
+        let key = |i: &Interface| i.private_key.as_ref().map(|k| *k.as_bytes());
+        if key(&new.interface) != key(&self.config.interface) {
+            self.lock_engine()
+                .set_private_key(new.interface.private_key.as_ref());
             summary.private_key_changed = true;
         }
-        self.apply_peers(&new.peers, &mut summary).await?;
+        self.apply_peers(&new.peers, &mut summary);
         self.config = new;
         Ok(summary)
     }
 
-    /// Brings the engine's peers and the routes in line with `peers`.
-    async fn apply_peers(&mut self, peers: &[Peer], summary: &mut Summary) -> Result<()> {
+    /// The kernel side of going from the current config to `new`, noted in `summary`.
+    fn kernel_change(&self, new: &Config, summary: &mut Summary) -> Change {
+        let (old_if, new_if) = (&self.config.interface, &new.interface);
+        let old_addrs: BTreeSet<Cidr> = old_if.addresses.iter().copied().collect();
+        let new_addrs: BTreeSet<Cidr> = new_if.addresses.iter().copied().collect();
+        let routing = RoutingDiff::between(
+            &Routing::of(old_if, &self.config.peers),
+            &Routing::of(new_if, &new.peers),
+        );
+        let change = Change {
+            mtu: (new_if.mtu != old_if.mtu).then_some((old_if.mtu, new_if.mtu)),
+            add_addresses: new_addrs.difference(&old_addrs).copied().collect(),
+            remove_addresses: old_addrs.difference(&new_addrs).copied().collect(),
+            routing,
+        };
+        summary.mtu = change.mtu;
+        summary.addresses_added = change.add_addresses.iter().map(Cidr::to_string).collect();
+        summary.addresses_removed = change
+            .remove_addresses
+            .iter()
+            .map(Cidr::to_string)
+            .collect();
+        summary.routes_added = change
+            .routing
+            .add_routes
+            .iter()
+            .map(Route::to_string)
+            .collect();
+        summary.routes_removed = change
+            .routing
+            .remove_routes
+            .iter()
+            .map(Route::to_string)
+            .collect();
+        change
+    }
+
+    /// Brings the engine's peers in line with `peers` (already validated, so nothing here can
+    /// be refused).
+    fn apply_peers(&mut self, peers: &[Peer], summary: &mut Summary) {
         let old: HashMap<PublicKey, &Peer> = self
             .config
             .peers
             .iter()
             .map(|p| (p.public_key, p))
             .collect();
-        let new_keys: BTreeSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
-        let old_routes = route_set(&self.config.peers);
-        let new_routes = route_set(peers);
+        let new_keys: std::collections::HashSet<PublicKey> =
+            peers.iter().map(|p| p.public_key).collect();
 
         let mut to_resolve = Vec::new();
         {
@@ -210,14 +332,17 @@ impl State {
             }
             for peer in peers {
                 match old.get(&peer.public_key) {
-                    None => {
-                        let id = engine.add_peer(spec(peer))?;
-                        self.ids.insert(peer.public_key, id);
-                        if needs_dns(peer.endpoint.as_ref()) {
-                            to_resolve.push((id, peer.clone()));
+                    None => match engine.add_peer(spec(peer)) {
+                        Ok(id) => {
+                            self.ids.insert(peer.public_key, id);
+                            if needs_dns(peer.endpoint.as_ref()) {
+                                to_resolve.push((id, peer.clone()));
+                            }
+                            summary.peers_added.push(peer.name.clone());
                         }
-                        summary.peers_added.push(peer.name.clone());
-                    }
+                        // Validation rules out duplicate and own keys; this would be a bug.
+                        Err(e) => tracing::error!("engine refused a validated peer: {e}"),
+                    },
                     Some(before) => {
                         let Some(&id) = self.ids.get(&peer.public_key) else {
                             continue;
@@ -251,16 +376,6 @@ impl State {
                 self.resolvers.insert(peer.public_key, task);
             }
         }
-        // New routes after the peers that serve them exist; stale ones after.
-        for cidr in new_routes.difference(&old_routes) {
-            self.netlink.add_route(*cidr).await?;
-            summary.routes_added.push(cidr.to_string());
-        }
-        for cidr in old_routes.difference(&new_routes) {
-            self.netlink.remove_route(*cidr).await?;
-            summary.routes_removed.push(cidr.to_string());
-        }
-        Ok(())
     }
 
     /// Re-reads the config file and applies it, telling systemd (RELOADING=1 … READY=1).
@@ -280,6 +395,9 @@ impl State {
         let (up, total) = engine
             .peers()
             .fold((0, 0), |(u, t), p| (u + usize::from(p.up), t + 1));
+        if engine.public_key().is_none() {
+            return format!("0/{total} peers up (no private key)");
+        }
         format!("{up}/{total} peers up")
     }
 
@@ -293,6 +411,20 @@ impl State {
     pub fn lock_engine(&self) -> MutexGuard<'_, Engine> {
         dataplane::lock(&self.engine)
     }
+}
+
+/// With a default route through the tunnel, a strict reverse-path filter drops the peer's
+/// packets arriving on the underlay (their source now routes into the tunnel) unless the
+/// endpoint is on a directly connected network. wg-quick works around it with firewall marks
+/// on conntrack; sitelinkd leaves the firewall alone and says what to change instead.
+fn strict_rp_filter_warning() -> Option<String> {
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").ok()?;
+    (all.trim() == "1").then(|| {
+        "net.ipv4.conf.all.rp_filter is 1 (strict): with a default route through the tunnel, \
+         packets from a peer that is not on a directly connected network fail the reverse-path \
+         check; set it to 2 (loose): sysctl -w net.ipv4.conf.all.rp_filter=2"
+            .to_string()
+    })
 }
 
 /// Applies the differences between `before` and `after` (same public key) to a running
@@ -343,14 +475,6 @@ fn spec(peer: &Peer) -> PeerSpec {
 
 fn needs_dns(endpoint: Option<&Endpoint>) -> bool {
     endpoint.is_some_and(|e| e.ip().is_none())
-}
-
-/// Every allowed-ips prefix of every peer: the routes the interface should have.
-fn route_set(peers: &[Peer]) -> BTreeSet<Cidr> {
-    peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().map(Cidr::network))
-        .collect()
 }
 
 /// Resolves a host-name endpoint, retrying with backoff until it succeeds. A name that

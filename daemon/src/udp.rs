@@ -3,10 +3,12 @@
 //! socket's view (v4-mapped IPv6) and the engine's (plain IPv4).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
+
+use crate::sockopt;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Kernel socket buffer size. The default 208 KiB overflows under a single TCP stream
@@ -20,7 +22,8 @@ pub struct Udp {
 }
 
 impl Udp {
-    pub fn bind(port: u16) -> Result<Self> {
+    /// Binds the UDP port (0: the system picks) with firewall mark `mark` on every packet.
+    pub fn bind(port: u16, mark: Option<u32>) -> Result<Self> {
         let (socket, dual_stack) = match bind_v6(port) {
             Ok(s) => (s, true),
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
@@ -32,12 +35,23 @@ impl Udp {
             Err(e) => return Err(bind_error(e, port)),
         };
         socket.set_nonblocking(true)?;
+        if mark.is_some() {
+            set_mark(&socket, mark)?;
+        }
         force_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
         force_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
         Ok(Self {
             socket: socket.into(),
             dual_stack,
         })
+    }
+
+    /// Another handle on the same socket, for changing its mark from the control plane while
+    /// the packet loop uses it.
+    pub fn control_handle(&self) -> Result<UdpSocket> {
+        self.socket
+            .try_clone()
+            .context("cannot duplicate the UDP socket")
     }
 
     pub fn local_port(&self) -> Result<u16> {
@@ -56,6 +70,14 @@ impl Udp {
             }
             other => other,
         }
+    }
+}
+
+/// The engine's view of a local address the socket reported (v4-mapped → IPv4).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -86,25 +108,28 @@ fn bind_error(e: io::Error, port: u16) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("cannot listen on UDP port {port}{hint}"))
 }
 
+/// Sets the firewall mark (SO_MARK, needs CAP_NET_ADMIN) on the tunnel's UDP packets; `None`
+/// clears it. Policy routing uses it to keep them out of a default route through the tunnel.
+pub fn set_mark(socket: &impl AsRawFd, mark: Option<u32>) -> Result<()> {
+    let value = mark.unwrap_or(0);
+    // The kernel takes the mark as an int and reads its 32 bits as unsigned.
+    sockopt::set_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        value as libc::c_int,
+    )
+    .map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "cannot set fwmark {value:#x} on the UDP socket (it needs CAP_NET_ADMIN)"
+        ))
+    })
+}
+
 /// Raises a socket buffer past the `net.core.*mem_max` sysctl (needs CAP_NET_ADMIN, which
 /// we have), falling back to the capped option.
 fn force_buffer(socket: &Socket, force: libc::c_int, plain: libc::c_int) {
-    let size = SOCKET_BUFFER as libc::c_int;
-    for opt in [force, plain] {
-        // SAFETY: setsockopt on a socket fd we own, with a pointer to a live c_int and its
-        // exact size; the kernel copies the value and keeps no reference.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+    if !sockopt::force_buffer(socket.as_raw_fd(), force, plain, SOCKET_BUFFER) {
+        tracing::debug!("could not raise socket buffer size; using the kernel default");
     }
-    tracing::debug!("could not raise socket buffer size; using the kernel default");
 }

@@ -1,34 +1,49 @@
 //! sitelink's WireGuard engine, free of I/O.
 //!
-//! Owns: the peer table (lookup by public key, by 24-bit receiver index and by allowed-ips),
-//! one `boringtun::noise::Tunn` per peer, the shared handshake rate limiter, the inbound
-//! source check, endpoint roaming, timer ticks and re-initiation after a dead link, and the
-//! per-peer counters that status reports. Doesn't own: sockets, the TUN device, the clock,
-//! DNS, logging sinks; the caller (sitelinkd) does all I/O and passes time in.
+//! Owns every protocol decision above boringtun's `noise::Tunn`: which peer a packet goes to
+//! (cryptokey routing, [`routing`]), which peer a datagram comes from (by public key or 24-bit
+//! receiver index, [`peers`]), the inbound source check, endpoint roaming and the sticky local
+//! address, peer deadlines ([`timers`]), session state created lazily and the hitless
+//! preshared-key hand-over ([`session`]), re-initiation of always-on links, the shared
+//! handshake rate limiter, and the counters status reports. Doesn't own: sockets, the TUN
+//! device, the clock, DNS, logging sinks; the caller (sitelinkd) does all I/O and passes time
+//! in.
 //!
 //! # Contract
-//! Inputs, each taking caller-owned buffers and returning borrowed results:
+//! Inputs, each taking the current time and caller-owned buffers and returning borrowed
+//! results:
 //! - [`Engine::handle_tunnel_packet`]: an IP packet read from the TUN device; returns the
 //!   datagram to send, if any.
-//! - [`Engine::handle_datagram`]: a UDP datagram from the network; returns a decrypted packet
-//!   for the TUN device, a datagram to send back, or nothing.
-//! - [`Engine::handle_timeout`]: call when `now >= poll_timeout()`.
+//! - [`Engine::handle_datagram`]: a UDP datagram from the network, with the local address it
+//!   arrived at; returns a decrypted packet for the TUN device, a datagram to send back, or
+//!   nothing.
+//! - [`Engine::handle_timeout`]: call when `now >= poll_timeout()` (and at least every second,
+//!   so that wall-clock times stay right).
 //!
 //! Outputs: after a batch of inputs (and after `handle_timeout`), call
 //! [`Engine::poll_transmit`] until it returns `None`: it flushes packets boringtun queued while
-//! a handshake was in flight, then runs each peer's timers (handshake retries, keepalives,
-//! rekeys). [`Engine::poll_timeout`] says when to call `handle_timeout` next.
+//! a handshake was in flight, then runs the timers of the peers that are due (handshake
+//! retries, keepalives, rekeys). [`Engine::poll_timeout`] says when the next peer is due, and
+//! why; `None` when no peer has anything scheduled (an idle engine does no periodic work). If a
+//! send from a [`Transmit::src`] address fails because the address is gone, tell the engine
+//! with [`Engine::forget_source`] and send again without it.
 //!
 //! Buffers: every `buf` must be at least [`MIN_BUF`] bytes and at least the input length
 //! plus [`OVERHEAD`]; a shorter one gets the packet dropped and counted, never a panic.
+//!
+//! Cost: a lookup is a trie walk (O(address bits)), a datagram a hash lookup; peers without a
+//! session hold no boringtun state and have no timers, so an engine with 10,000 configured
+//! peers does what one with its active peers does.
 
 // Tests may unwrap: a panic there is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod allowed_ips;
 mod log_limit;
+pub mod peers;
+pub mod routing;
+mod session;
+mod timers;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -41,8 +56,12 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 
-use crate::allowed_ips::AllowedIps;
 use crate::log_limit::{LogKind, LogLimiter};
+pub use crate::peers::PeerId;
+use crate::peers::{Peer, Peers};
+pub use crate::routing::RoutingTable;
+use crate::session::{Session, Slot, Tunnel};
+use crate::timers::Deadlines;
 
 /// The engine's monotonic clock type: std's, or mock_instant's in tests.
 #[cfg(feature = "mock-instant")]
@@ -54,8 +73,8 @@ pub use std::time::Instant;
 pub const MIN_BUF: usize = 148;
 /// Bytes WireGuard adds to an IP packet (16 header + 16 tag).
 pub const OVERHEAD: usize = 32;
-/// How often peer timers run. boringtun's clock only advances inside `update_timers`, and
-/// its timers assume a call at least every 250 ms.
+/// How often a peer with session state runs its timers. boringtun's clock only advances
+/// inside `update_timers`, and its timers assume a call at least every 250 ms.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Minimum spacing of our own re-initiations of an expired link.
 const REINIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -64,7 +83,9 @@ const REINIT_INTERVAL: Duration = Duration::from_secs(5);
 /// parse, then `decapsulate`), so this is twice the effective limit of 100/s.
 const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
+const TYPE_HANDSHAKE_INIT: u8 = 1;
 const TYPE_COOKIE_REPLY: u8 = 3;
+const TYPE_DATA: u8 = 4;
 const COOKIE_REPLY_LEN: usize = 64;
 
 /// What a peer is, as the engine needs it: endpoints are already resolved addresses.
@@ -78,14 +99,13 @@ pub struct PeerSpec {
     pub persistent_keepalive: Option<u16>,
 }
 
-/// A peer's handle, stable for the peer's lifetime in this engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(u32);
-
 /// A datagram to send.
 #[derive(Debug)]
 pub struct Transmit<'a> {
     pub dst: SocketAddr,
+    /// The local address to send from (the one the peer last reached us at); `None` lets the
+    /// kernel choose.
+    pub src: Option<IpAddr>,
     pub payload: &'a [u8],
 }
 
@@ -107,7 +127,7 @@ pub struct Counters {
     pub no_route: u64,
     /// TUN packets for a peer whose endpoint is not known yet.
     pub no_endpoint: u64,
-    /// Decrypted packets whose source is outside the sending peer's allowed-ips.
+    /// Decrypted packets whose source's longest match is not the sending peer.
     pub bad_source: u64,
     /// Handshake initiations from a public key that is not a configured peer.
     pub unknown_key: u64,
@@ -117,6 +137,8 @@ pub struct Counters {
     pub invalid: u64,
     /// Cookie replies sent because handshakes arrived faster than the limit.
     pub cookie_replies: u64,
+    /// Packets dropped because the interface has no private key.
+    pub no_key: u64,
 }
 
 /// A peer as status reports it. Holds no secrets.
@@ -126,6 +148,8 @@ pub struct PeerStatus {
     pub name: String,
     pub public_key: PublicKey,
     pub endpoint: Option<SocketAddr>,
+    /// The local address packets to this peer leave from (sticky source), once learned.
+    pub local: Option<IpAddr>,
     pub allowed_ips: Vec<Cidr>,
     pub persistent_keepalive: Option<u16>,
     pub last_handshake: Option<SystemTime>,
@@ -133,25 +157,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub bad_source: u64,
     pub up: bool,
-}
-
-struct Peer {
-    name: String,
-    public_key: PublicKey,
-    tunn: Tunn,
-    index: u32,
-    endpoint: Option<SocketAddr>,
-    allowed_ips: Vec<Cidr>,
-    keepalive: Option<u16>,
-    last_handshake: Option<SystemTime>,
-    rx_bytes: u64,
-    tx_bytes: u64,
-    bad_source: u64,
-    up: bool,
-    next_reinit: Option<Instant>,
-    /// When we last sent this peer anything; persistent keepalives measure from here.
-    last_sent: Option<Instant>,
-    preshared_key: Option<PresharedKey>,
+    /// Whether boringtun state exists for this peer (idle peers have none).
+    pub session: bool,
 }
 
 /// Errors from changing the peer set. Config validation catches these first; the engine
@@ -164,22 +171,41 @@ pub enum EngineError {
     OwnKey(String),
 }
 
-/// The WireGuard engine for one interface. See the crate docs for the calling contract.
-pub struct Engine {
+/// Our private key and what is derived from it. An interface may have none (a WireGuard
+/// interface set up with `wg setconf` of a file without `PrivateKey`): then it sends and
+/// answers no handshakes.
+struct Identity {
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
-    our_key: PublicKey,
-    peers: HashMap<PeerId, Peer>,
-    by_key: HashMap<PublicKey, PeerId>,
-    by_index: HashMap<u32, PeerId>,
-    routes: AllowedIps<PeerId>,
+    key: PublicKey,
     limiter: Arc<RateLimiter>,
-    next_peer_id: u32,
-    next_index: u32,
-    now: Instant,
-    wall: SystemTime,
-    next_tick: Instant,
+}
+
+impl Identity {
+    fn new(private_key: &PrivateKey) -> Self {
+        let secret = x25519::StaticSecret::from(*private_key.as_bytes());
+        let public = x25519::PublicKey::from(&secret);
+        Self {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            key: PublicKey::from_bytes(public.to_bytes()),
+            secret,
+            public,
+        }
+    }
+}
+
+/// The WireGuard engine for one interface. See the crate docs for the calling contract.
+pub struct Engine {
+    identity: Option<Identity>,
+    peers: Peers,
+    /// A snapshot a packet thread could hold while a change builds the next one.
+    routes: Arc<RoutingTable<PeerId>>,
+    deadlines: Deadlines,
+    /// The monotonic and wall-clock time of the latest `handle_timeout`, to tell wall time
+    /// for events between calls.
+    clock: (Instant, SystemTime),
     next_limiter_reset: Instant,
+    next_index: u32,
     pending_flush: Vec<PeerId>,
     timer_queue: Vec<PeerId>,
     counters: Counters,
@@ -187,25 +213,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(private_key: &PrivateKey, now: Instant, wall: SystemTime) -> Self {
-        let secret = x25519::StaticSecret::from(*private_key.as_bytes());
-        let public = x25519::PublicKey::from(&secret);
-        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+    /// An engine with our private key (`None`: no key yet, no handshakes).
+    pub fn new(private_key: Option<&PrivateKey>, now: Instant, wall: SystemTime) -> Self {
         Self {
-            secret,
-            our_key: PublicKey::from_bytes(public.to_bytes()),
-            public,
-            peers: HashMap::new(),
-            by_key: HashMap::new(),
-            by_index: HashMap::new(),
-            routes: AllowedIps::default(),
-            limiter,
-            next_peer_id: 0,
+            identity: private_key.map(Identity::new),
+            peers: Peers::default(),
+            routes: Arc::new(RoutingTable::default()),
+            deadlines: Deadlines::default(),
+            clock: (now, wall),
+            next_limiter_reset: now,
             next_index: random_u32() & 0x00ff_ffff,
-            now,
-            wall,
-            next_tick: now,
-            next_limiter_reset: now + Duration::from_secs(1),
             pending_flush: Vec::new(),
             timer_queue: Vec::new(),
             counters: Counters::default(),
@@ -213,171 +230,213 @@ impl Engine {
         }
     }
 
-    pub fn public_key(&self) -> PublicKey {
-        self.our_key
+    /// Our public key; `None` while the interface has no private key.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.identity.as_ref().map(|i| i.key)
     }
 
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
-    /// Adds a peer and its routes. It starts with no session; the first packet to it (or a
-    /// persistent keepalive) starts the handshake.
-    pub fn add_peer(&mut self, spec: PeerSpec) -> Result<PeerId, EngineError> {
-        if spec.public_key == self.our_key {
-            return Err(EngineError::OwnKey(spec.name));
-        }
-        if self.by_key.contains_key(&spec.public_key) {
-            return Err(EngineError::DuplicateKey(spec.name));
-        }
-        let id = PeerId(self.next_peer_id);
-        self.next_peer_id += 1;
-        let index = self.allocate_index();
-        let tunn = self.new_tunn(&spec.public_key, spec.preshared_key.as_ref(), index);
-        for cidr in &spec.allowed_ips {
-            self.routes.insert(*cidr, id);
-        }
-        self.by_key.insert(spec.public_key, id);
-        self.by_index.insert(index, id);
-        self.peers.insert(
-            id,
-            Peer {
-                name: spec.name,
-                public_key: spec.public_key,
-                tunn,
-                index,
-                endpoint: spec.endpoint,
-                allowed_ips: spec.allowed_ips,
-                keepalive: spec.persistent_keepalive,
-                last_handshake: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-                bad_source: 0,
-                up: false,
-                next_reinit: None,
-                last_sent: None,
-                preshared_key: spec.preshared_key,
-            },
-        );
-        Ok(id)
+    /// The routing table as it is now (a cheap snapshot).
+    pub fn routes(&self) -> Arc<RoutingTable<PeerId>> {
+        Arc::clone(&self.routes)
     }
 
-    /// A fresh boringtun session state for a peer. Persistent keepalive is not handed to
-    /// boringtun (it has no setter for it): the engine sends keepalives itself, so an
-    /// operator can change the interval without breaking the session.
-    fn new_tunn(&self, key: &PublicKey, psk: Option<&PresharedKey>, index: u32) -> Tunn {
-        Tunn::new(
-            self.secret.clone(),
-            x25519::PublicKey::from(*key.as_bytes()),
-            psk.map(|k| *k.as_bytes()),
-            None,
-            index,
-            Some(Arc::clone(&self.limiter)),
-        )
+    /// Peers with a deadline pending (stale entries included): what timer work costs.
+    pub fn scheduled(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Adds a peer and its routes. It starts with no session state; the first packet to it,
+    /// its first handshake, or (for an always-on link) the next timer run creates it.
+    pub fn add_peer(&mut self, spec: PeerSpec) -> Result<PeerId, EngineError> {
+        if self.public_key() == Some(spec.public_key) {
+            return Err(EngineError::OwnKey(spec.name));
+        }
+        if self.peers.by_key(&spec.public_key).is_some() {
+            return Err(EngineError::DuplicateKey(spec.name));
+        }
+        let id = self.peers.insert(Peer {
+            name: spec.name,
+            public_key: spec.public_key,
+            preshared_key: spec.preshared_key,
+            endpoint: spec.endpoint,
+            local: None,
+            allowed_ips: Vec::new(),
+            keepalive: spec.persistent_keepalive,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            bad_source: 0,
+            up: false,
+            next_reinit: None,
+            last_sent: None,
+            session: None,
+            due: None,
+            created: 0,
+        });
+        self.set_allowed_ips(id, spec.allowed_ips);
+        self.wake_always_on(id);
+        Ok(id)
     }
 
     /// Renames a peer (names are labels; the public key is its identity).
     pub fn set_name(&mut self, id: PeerId, name: String) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.name = name;
         }
     }
 
     /// Replaces a peer's allowed-ips (routing and the inbound source check). The session
-    /// is untouched.
+    /// is untouched. A prefix another peer has moves to this one, as in WireGuard.
     pub fn set_allowed_ips(&mut self, id: PeerId, allowed_ips: Vec<Cidr>) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        self.routes.remove_value(id);
-        for cidr in &allowed_ips {
-            self.routes.insert(*cidr, id);
+        let old = std::mem::take(&mut peer.allowed_ips);
+        let routes = Arc::make_mut(&mut self.routes);
+        for cidr in old {
+            routes.remove_if(cidr.network(), id);
         }
-        peer.allowed_ips = allowed_ips;
+        let mut moved_from = Vec::new();
+        for cidr in &allowed_ips {
+            if let Some(other) = routes.insert(cidr.network(), id).filter(|o| *o != id) {
+                moved_from.push((other, cidr.network()));
+            }
+        }
+        for (other, cidr) in moved_from {
+            if let Some(other) = self.peers.get_mut(other) {
+                other.allowed_ips.retain(|c| c.network() != cidr);
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.allowed_ips = allowed_ips;
+        }
     }
 
     /// Changes the persistent keepalive interval. The session is untouched.
     pub fn set_keepalive(&mut self, id: PeerId, keepalive: Option<u16>) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.keepalive = keepalive;
         }
+        self.wake_always_on(id);
     }
 
-    /// Changes a peer's preshared key. The key is part of the handshake, so the peer gets
-    /// a fresh session (and a new receiver index): the next packet re-handshakes.
+    /// Changes a peer's preshared key. It takes effect at the next handshake: the current
+    /// session keeps carrying traffic meanwhile (see [`session`]), so a key rotated on both
+    /// sides a moment apart loses nothing.
     pub fn set_preshared_key(&mut self, id: PeerId, psk: Option<PresharedKey>) {
-        let index = self.allocate_index();
-        let Some(peer) = self.peers.get(&id) else {
+        let Some(identity) = &self.identity else {
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.preshared_key = psk;
+            }
             return;
         };
-        let tunn = self.new_tunn(&peer.public_key, psk.as_ref(), index);
-        self.replace_session(id, tunn, index, psk);
-    }
-
-    /// Changes our private key: every peer gets a fresh session.
-    pub fn set_private_key(&mut self, private_key: &PrivateKey) {
-        self.secret = x25519::StaticSecret::from(*private_key.as_bytes());
-        self.public = x25519::PublicKey::from(&self.secret);
-        self.our_key = PublicKey::from_bytes(self.public.to_bytes());
-        self.limiter = Arc::new(RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT));
-        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
-        for id in ids {
-            let psk = self.peers.get(&id).and_then(|p| p.preshared_key.clone());
-            self.set_preshared_key(id, psk);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        peer.preshared_key = psk;
+        if peer.session.is_none() {
+            return;
+        }
+        let index = allocate_index(&mut self.next_index, &self.peers);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let fresh = Tunnel {
+            tunn: new_tunn(
+                identity,
+                &peer.public_key,
+                peer.preshared_key.as_ref(),
+                index,
+            ),
+            index,
+        };
+        let dropped = match &mut peer.session {
+            Some(session) => session.rekey_with(fresh),
+            None => return,
+        };
+        self.peers.register_index(index, id);
+        for index in dropped {
+            self.peers.release_index(index);
         }
     }
 
-    fn replace_session(&mut self, id: PeerId, tunn: Tunn, index: u32, psk: Option<PresharedKey>) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        self.by_index.remove(&peer.index);
-        self.by_index.insert(index, id);
-        self.pending_flush.retain(|p| *p != id);
-        peer.tunn = tunn;
-        peer.index = index;
-        peer.preshared_key = psk;
-        peer.up = false;
-        peer.next_reinit = None;
+    /// Changes our private key (`None`: no key). Every session ends; always-on links
+    /// handshake again with the new key.
+    pub fn set_private_key(&mut self, private_key: Option<&PrivateKey>) {
+        self.identity = private_key.map(Identity::new);
+        for id in self.peers.ids() {
+            self.drop_session(id);
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.next_reinit = None;
+            }
+            self.wake_always_on(id);
+        }
     }
 
     /// Removes a peer, its routes and its session.
     pub fn remove_peer(&mut self, id: PeerId) -> bool {
-        let Some(peer) = self.peers.remove(&id) else {
+        let Some(peer) = self.peers.remove(id) else {
             return false;
         };
-        self.by_key.remove(&peer.public_key);
-        self.by_index.remove(&peer.index);
-        self.routes.remove_value(id);
+        let routes = Arc::make_mut(&mut self.routes);
+        for cidr in &peer.allowed_ips {
+            routes.remove_if(cidr.network(), id);
+        }
         self.pending_flush.retain(|p| *p != id);
         self.timer_queue.retain(|p| *p != id);
         true
     }
 
-    /// Sets a peer's endpoint (a resolved host name, or an operator's change).
+    /// Sets a peer's endpoint (a resolved host name, or an operator's change). The sticky
+    /// local address belonged to the old endpoint and is forgotten.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: SocketAddr) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.endpoint = Some(endpoint);
+            peer.local = None;
+        }
+        self.wake_always_on(id);
+    }
+
+    /// A send to `dst` from `src` failed because `src` is not ours any more: the peers that
+    /// stuck to it go back to the kernel's choice until their next packet tells the new one.
+    pub fn forget_source(&mut self, dst: SocketAddr, src: IpAddr) {
+        for id in self.peers.ids() {
+            if let Some(peer) = self.peers.get_mut(id) {
+                if peer.endpoint == Some(dst) && peer.local == Some(src) {
+                    peer.local = None;
+                }
+            }
         }
     }
 
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
-        self.by_key.get(key).copied()
+        self.peers.by_key(key)
     }
 
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Every peer, in the order they were added.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
-        let mut ids: Vec<_> = self.peers.keys().copied().collect();
-        ids.sort();
-        ids.into_iter().filter_map(|id| self.peer_status(id))
+        self.peers
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.peer_status(id))
     }
 
     pub fn peer_status(&self, id: PeerId) -> Option<PeerStatus> {
-        let p = self.peers.get(&id)?;
+        let p = self.peers.get(id)?;
         Some(PeerStatus {
             id,
             name: p.name.clone(),
             public_key: p.public_key,
             endpoint: p.endpoint,
+            local: p.local,
             allowed_ips: p.allowed_ips.clone(),
             persistent_keepalive: p.keepalive,
             last_handshake: p.last_handshake,
@@ -385,14 +444,16 @@ impl Engine {
             tx_bytes: p.tx_bytes,
             bad_source: p.bad_source,
             up: p.up,
+            session: p.session.is_some(),
         })
     }
 
     /// Encrypts an IP packet read from the TUN device for the peer whose allowed-ips hold
-    /// its destination. Returns the datagram to send, or `None` when the packet was queued
-    /// behind a handshake or dropped (counted).
+    /// the longest prefix of its destination. Returns the datagram to send, or `None` when the
+    /// packet was queued behind a handshake or dropped (counted).
     pub fn handle_tunnel_packet<'b>(
         &mut self,
+        now: Instant,
         packet: &[u8],
         buf: &'b mut [u8],
     ) -> Option<Transmit<'b>> {
@@ -404,10 +465,10 @@ impl Engine {
             self.counters.no_route += 1;
             return None;
         };
-        let peer = self.peers.get_mut(&id)?;
+        let peer = self.peers.get(id)?;
         let Some(endpoint) = peer.endpoint else {
             self.counters.no_endpoint += 1;
-            if let Some(n) = self.log.allow(LogKind::NoEndpoint, self.now) {
+            if let Some(n) = self.log.allow(LogKind::NoEndpoint, now) {
                 tracing::warn!(peer = %peer.name, %dst, suppressed = n,
                     "dropping packet: peer has no endpoint yet (set `endpoint`, or wait for it to connect to us)");
             }
@@ -417,16 +478,25 @@ impl Engine {
             self.counters.invalid += 1;
             return None;
         }
-        match peer.tunn.encapsulate(packet, buf) {
+        if !self.ensure_session(id, now) {
+            self.counters.no_key += 1;
+            return None;
+        }
+        let peer = self.peers.get_mut(id)?;
+        let session = peer.session.as_mut()?;
+        let tunnel = session.tunnel(session.send_slot())?;
+        match tunnel.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(payload) => {
                 peer.tx_bytes += payload.len() as u64;
+                peer.last_sent = Some(now);
                 Some(Transmit {
                     dst: endpoint,
+                    src: peer.local,
                     payload,
                 })
             }
             TunnResult::Err(e) => {
-                if let Some(n) = self.log.allow(LogKind::Encapsulate, self.now) {
+                if let Some(n) = self.log.allow(LogKind::Encapsulate, now) {
                     tracing::warn!(peer = %peer.name, error = ?e, suppressed = n, "cannot encrypt packet");
                 }
                 None
@@ -435,13 +505,17 @@ impl Engine {
         }
     }
 
-    /// Handles a datagram from `from`. Handshake initiations pass the rate limiter's mac1
-    /// check before the (expensive) anonymous parse that finds their peer; other messages
-    /// find their peer by receiver index. A peer's endpoint moves to `from` only after its
-    /// packet authenticated: never on cookie replies, in either direction.
+    /// Handles a datagram from `from` that arrived at our address `local` (if the socket
+    /// reports it). Handshake initiations pass the rate limiter's mac1 check before the
+    /// (expensive) anonymous parse that finds their peer; other messages find their peer by
+    /// receiver index. A peer's endpoint moves to `from`, and its sticky local address to
+    /// `local`, only after its packet authenticated: never on cookie replies, in either
+    /// direction.
     pub fn handle_datagram<'b>(
         &mut self,
+        now: Instant,
         from: SocketAddr,
+        local: Option<IpAddr>,
         datagram: &[u8],
         buf: &'b mut [u8],
     ) -> Received<'b> {
@@ -449,31 +523,56 @@ impl Engine {
             self.counters.invalid += 1;
             return Received::Nothing;
         }
-        match self.datagram_step(from, datagram, buf) {
+        match self.datagram_step(now, from, local, datagram, buf) {
             Step::Nothing | Step::Dropped => Received::Nothing,
             Step::Tunnel(r) => Received::Tunnel(&buf[r]),
-            Step::Network(dst, r) => Received::Network(Transmit {
-                dst,
+            Step::Network(r) => Received::Network(Transmit {
+                dst: from,
+                src: local,
                 payload: &buf[r],
             }),
         }
     }
 
-    fn datagram_step(&mut self, from: SocketAddr, datagram: &[u8], buf: &mut [u8]) -> Step {
-        let id = match self.find_peer(from, datagram, buf) {
-            Ok(id) => id,
+    fn datagram_step(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+        buf: &mut [u8],
+    ) -> Step {
+        let (id, target) = match self.find_peer(now, from, datagram, buf) {
+            Ok(found) => found,
             Err(step) => return step,
         };
-        let Some(peer) = self.peers.get_mut(&id) else {
+        if target == Target::Initiation && !self.ensure_session(id, now) {
+            self.counters.no_key += 1;
+            return Step::Nothing;
+        }
+        let wall = self.wall_at(now);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return Step::Nothing;
+        };
+        let Some(session) = peer.session.as_mut() else {
+            self.counters.unknown_index += 1;
+            return Step::Nothing;
+        };
+        let slot = match target {
+            Target::Initiation => Some(session.handshake_slot()),
+            Target::Index(index) => session.slot_of(index),
+        };
+        let Some(tunnel) = slot.and_then(|s| session.tunnel(s)) else {
+            self.counters.unknown_index += 1;
             return Step::Nothing;
         };
         let kind = datagram[0];
         let base = buf.as_ptr() as usize;
-        let (step, authenticated) = match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
+        let (step, authenticated) = match tunnel.tunn.decapsulate(Some(from.ip()), datagram, buf) {
             TunnResult::Done => (Step::Nothing, kind != TYPE_COOKIE_REPLY),
             TunnResult::Err(e) => {
                 self.counters.invalid += 1;
-                if let Some(n) = self.log.allow(LogKind::Refused, self.now) {
+                if let Some(n) = self.log.allow(LogKind::Refused, now) {
                     tracing::info!(peer = %peer.name, key = %peer.public_key.short(), %from,
                         reason = reason(&e), suppressed = n, "refused packet");
                 }
@@ -487,9 +586,9 @@ impl Engine {
                     // boringtun may hold packets queued behind this handshake.
                     self.pending_flush.push(id);
                     peer.tx_bytes += out.len() as u64;
-                    peer.last_sent = Some(self.now);
+                    peer.last_sent = Some(now);
                 }
-                (Step::Network(from, range_of(base, out)), authenticated)
+                (Step::Network(range_of(base, out)), authenticated)
             }
             TunnResult::WriteToTunnelV4(out, src) => {
                 let src = IpAddr::V4(src);
@@ -500,10 +599,18 @@ impl Engine {
                 (inbound(&self.routes, id, src, range_of(base, out)), true)
             }
         };
+        let mut released = None;
+        if slot == Some(Slot::Next) {
+            let (promoted, dropped) = session.promote(now);
+            released = dropped;
+            if promoted {
+                tracing::info!(peer = %peer.name, "handshake with the new preshared key completed; switched to it");
+            }
+        }
         if authenticated {
             // Status shows a handshake the moment it completes, not at the next tick.
-            if kind != 4 || !peer.up {
-                note_handshake(peer, self.wall);
+            if kind != TYPE_DATA || !peer.up {
+                note_handshake(peer, wall);
             }
             peer.rx_bytes += datagram.len() as u64;
             if peer.endpoint != Some(from) {
@@ -512,26 +619,35 @@ impl Engine {
                 }
                 peer.endpoint = Some(from);
             }
+            if local.is_some() {
+                peer.local = local;
+            }
         }
         if matches!(step, Step::Dropped) {
             self.counters.bad_source += 1;
             peer.bad_source += 1;
-            if let Some(n) = self.log.allow(LogKind::BadSource, self.now) {
+            if let Some(n) = self.log.allow(LogKind::BadSource, now) {
                 tracing::warn!(peer = %peer.name, suppressed = n,
-                    "dropped decrypted packet whose source is outside the peer's allowed-ips");
+                    "dropped decrypted packet whose source is routed to another peer (or to none)");
             }
-            return Step::Nothing;
         }
-        step
+        if let Some(index) = released {
+            self.peers.release_index(index);
+        }
+        match step {
+            Step::Dropped => Step::Nothing,
+            other => other,
+        }
     }
 
     /// Finds the peer a datagram belongs to, or what to do instead.
     fn find_peer(
         &mut self,
+        now: Instant,
         from: SocketAddr,
         datagram: &[u8],
         buf: &mut [u8],
-    ) -> Result<PeerId, Step> {
+    ) -> Result<(PeerId, Target), Step> {
         let packet = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => p,
             Err(_) => {
@@ -541,44 +657,55 @@ impl Engine {
         };
         let index = match packet {
             Packet::HandshakeInit(ref init) => {
+                let Some(identity) = &self.identity else {
+                    self.counters.no_key += 1;
+                    return Err(Step::Nothing);
+                };
+                // The shared limiter counts handshakes per second; reset it lazily, so an idle
+                // engine needs no timer for it.
+                if now >= self.next_limiter_reset {
+                    identity.limiter.reset_count();
+                    self.next_limiter_reset = now + Duration::from_secs(1);
+                }
                 let mut cookie = [0u8; COOKIE_REPLY_LEN];
-                let verified = self
-                    .limiter
-                    .verify_packet(Some(from.ip()), datagram, &mut cookie);
+                let verified =
+                    identity
+                        .limiter
+                        .verify_packet(Some(from.ip()), datagram, &mut cookie);
                 match verified {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(reply)) => {
                         self.counters.cookie_replies += 1;
                         let n = reply.len();
                         buf[..n].copy_from_slice(reply);
-                        return Err(Step::Network(from, 0..n));
+                        return Err(Step::Network(0..n));
                     }
                     Err(result) => {
                         self.counters.invalid += 1;
                         if let (TunnResult::Err(e), Some(n)) =
-                            (result, self.log.allow(LogKind::Refused, self.now))
+                            (result, self.log.allow(LogKind::Refused, now))
                         {
                             tracing::info!(%from, reason = reason(&e), suppressed = n, "refused handshake");
                         }
                         return Err(Step::Nothing);
                     }
                 }
-                let half = match parse_handshake_anon(&self.secret, &self.public, init) {
+                let half = match parse_handshake_anon(&identity.secret, &identity.public, init) {
                     Ok(half) => half,
                     Err(e) => {
                         self.counters.invalid += 1;
-                        if let Some(n) = self.log.allow(LogKind::Refused, self.now) {
+                        if let Some(n) = self.log.allow(LogKind::Refused, now) {
                             tracing::info!(%from, reason = reason(&e), suppressed = n, "refused handshake");
                         }
                         return Err(Step::Nothing);
                     }
                 };
                 let key = PublicKey::from_bytes(half.peer_static_public);
-                return match self.by_key.get(&key) {
-                    Some(id) => Ok(*id),
+                return match self.peers.by_key(&key) {
+                    Some(id) => Ok((id, Target::Initiation)),
                     None => {
                         self.counters.unknown_key += 1;
-                        if let Some(n) = self.log.allow(LogKind::UnknownKey, self.now) {
+                        if let Some(n) = self.log.allow(LogKind::UnknownKey, now) {
                             tracing::warn!(%from, public_key = %key, suppressed = n,
                                 "refused handshake: public key is not a configured peer");
                         }
@@ -590,8 +717,8 @@ impl Engine {
             Packet::PacketCookieReply(c) => c.receiver_idx,
             Packet::PacketData(d) => d.receiver_idx,
         };
-        match self.by_index.get(&(index >> 8)) {
-            Some(id) => Ok(*id),
+        match self.peers.by_index(index >> 8) {
+            Some(id) => Ok((id, Target::Index(index >> 8))),
             None => {
                 self.counters.unknown_index += 1;
                 Err(Step::Nothing)
@@ -599,23 +726,24 @@ impl Engine {
         }
     }
 
-    /// Runs timers: resets the rate limiter each second and queues every peer for a timer
-    /// tick, which [`Engine::poll_transmit`] then performs.
+    /// Records the time and queues the peers whose deadline has come; [`Engine::poll_transmit`]
+    /// then runs their timers.
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
-        self.now = now;
-        self.wall = wall;
-        if now >= self.next_limiter_reset {
-            self.limiter.reset_count();
-            self.next_limiter_reset = now + Duration::from_secs(1);
+        self.clock = (now, wall);
+        while let Some((at, id)) = self.deadlines.pop(now) {
+            match self.peers.get_mut(id) {
+                Some(peer) if peer.due == Some(at) => {
+                    peer.due = None;
+                    self.timer_queue.push(id);
+                }
+                _ => {}
+            }
         }
-        self.timer_queue.clear();
-        self.timer_queue.extend(self.peers.keys().copied());
-        self.next_tick = now + TICK;
     }
 
-    /// When `handle_timeout` is due, and why.
-    pub fn poll_timeout(&self) -> (Instant, &'static str) {
-        (self.next_tick, "peer timers")
+    /// When `handle_timeout` is due next, and why; `None` if no peer has anything scheduled.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.deadlines.next().map(|at| (at, "peer timers"))
     }
 
     /// The next datagram to send that no input returned directly: packets queued behind a
@@ -633,59 +761,135 @@ impl Engine {
                 out
             } else {
                 let id = self.timer_queue.pop()?;
-                self.timer_step(id, buf)
+                let out = self.timer_step(id, buf);
+                self.reschedule(id);
+                out
             };
-            if let Some((dst, r)) = out {
+            if let Some((dst, src, r)) = out {
                 return Some(Transmit {
                     dst,
+                    src,
                     payload: &buf[r],
                 });
             }
         }
     }
 
-    fn flush_step(&mut self, id: PeerId, buf: &mut [u8]) -> Option<(SocketAddr, Range<usize>)> {
-        let peer = self.peers.get_mut(&id)?;
+    fn flush_step(&mut self, id: PeerId, buf: &mut [u8]) -> Option<Flushed> {
+        let now = self.clock.0;
+        let peer = self.peers.get_mut(id)?;
         let endpoint = peer.endpoint?;
+        let session = peer.session.as_mut()?;
         let base = buf.as_ptr() as usize;
-        match peer.tunn.decapsulate(None, &[], buf) {
-            TunnResult::WriteToNetwork(out) => {
-                peer.tx_bytes += out.len() as u64;
-                peer.last_sent = Some(self.now);
-                Some((endpoint, range_of(base, out)))
+        for slot in [Slot::Current, Slot::Next] {
+            let Some(tunnel) = session.tunnel(slot) else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(out) = tunnel.tunn.decapsulate(None, &[], buf) {
+                let range = range_of(base, out);
+                peer.tx_bytes += range.len() as u64;
+                peer.last_sent = Some(now);
+                return Some((endpoint, peer.local, range));
             }
-            _ => None,
         }
+        None
     }
 
-    fn timer_step(&mut self, id: PeerId, buf: &mut [u8]) -> Option<(SocketAddr, Range<usize>)> {
-        let now = self.now;
-        let wall = self.wall;
-        let peer = self.peers.get_mut(&id)?;
+    /// One run of a due peer's timers: boringtun's (retries, keepalives, rekeys, expiry), the
+    /// preshared-key hand-over, our re-initiation of an always-on link and persistent
+    /// keepalives. At most one datagram.
+    fn timer_step(&mut self, id: PeerId, buf: &mut [u8]) -> Option<Flushed> {
+        let now = self.clock.0;
+        let wall = self.wall_at(now);
+        // Without a key there is nothing to send, and no session state to tick.
+        self.identity.as_ref()?;
+        let always_on = self.peers.get(id)?.always_on();
+        if always_on && !self.ensure_session(id, now) {
+            return None;
+        }
+        let peer = self.peers.get_mut(id)?;
+        let session = peer.session.as_mut()?;
         let base = buf.as_ptr() as usize;
-        let out = match peer.tunn.update_timers(buf) {
-            TunnResult::WriteToNetwork(out) => Some(range_of(base, out)),
-            TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                if peer.up {
-                    peer.up = false;
-                    tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), "peer down: no session and the handshake gave up");
+        let mut released: Vec<u32> = Vec::new();
+        let mut expired = false;
+
+        // The replaced Tunn only decrypts; its timers run (its clock must advance) but
+        // whatever it wants to send is superseded by the current one.
+        if let Some((previous, _)) = session.previous.as_mut() {
+            let _ = previous.tunn.update_timers(buf);
+        }
+        released.extend(session.expire_previous(now));
+
+        let mut out = match session.current.tunn.update_timers(buf) {
+            TunnResult::WriteToNetwork(o)
+                if o[0] == TYPE_HANDSHAKE_INIT && session.next.is_some() =>
+            {
+                // A rekey must carry the new preshared key: the next Tunn initiates instead.
+                match session
+                    .next
+                    .as_mut()
+                    .map(|n| n.tunn.format_handshake_initiation(buf, false))
+                {
+                    Some(TunnResult::WriteToNetwork(o)) => Some(range_of(base, o)),
+                    _ => None,
                 }
-                // boringtun leaves an expired link dead. An always-on site link (endpoint
-                // and keepalive) starts a fresh handshake itself, every few seconds.
-                let wants_link = peer.endpoint.is_some() && peer.keepalive.is_some();
-                if wants_link && peer.next_reinit.is_none_or(|t| now >= t) {
-                    peer.next_reinit = Some(now + REINIT_INTERVAL);
-                    tracing::debug!(peer = %peer.name, "re-initiating handshake on expired link");
-                    match peer.tunn.format_handshake_initiation(buf, false) {
-                        TunnResult::WriteToNetwork(out) => Some(range_of(base, out)),
-                        _ => None,
-                    }
+            }
+            TunnResult::WriteToNetwork(o) => Some(range_of(base, o)),
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                if let Some(next) = session.next.take() {
+                    // The old keys are gone; the Tunn with the new key carries on alone.
+                    released.push(std::mem::replace(&mut session.current, next).index);
+                    None
                 } else {
+                    expired = true;
                     None
                 }
             }
             _ => None,
         };
+        if out.is_none() {
+            if let Some(next) = session.next.as_mut() {
+                match next.tunn.update_timers(buf) {
+                    TunnResult::WriteToNetwork(o) => out = Some(range_of(base, o)),
+                    TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                        // The new key never got a handshake through; it is tried again at the
+                        // current session's next rekey.
+                        released.extend(session.next.take().map(|t| t.index));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (_, dropped) = session.promote(now);
+        released.extend(dropped);
+
+        if expired {
+            if peer.up {
+                peer.up = false;
+                tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), "peer down: no session and the handshake gave up");
+            }
+            if !always_on {
+                // Nothing will use this state again until new traffic or a handshake: free it.
+                if let Some(session) = peer.session.take() {
+                    released.extend(session.indices());
+                }
+                for index in released {
+                    self.peers.release_index(index);
+                }
+                return None;
+            }
+            // boringtun leaves an expired link dead. An always-on site link (endpoint and
+            // keepalive) starts a fresh handshake itself, every few seconds.
+            if peer.next_reinit.is_none_or(|t| now >= t) {
+                peer.next_reinit = Some(now + REINIT_INTERVAL);
+                tracing::debug!(peer = %peer.name, "re-initiating handshake on expired link");
+                if let TunnResult::WriteToNetwork(o) =
+                    session.current.tunn.format_handshake_initiation(buf, false)
+                {
+                    out = Some(range_of(base, o));
+                }
+            }
+        }
         // Persistent keepalive: nothing sent for the interval and we know where to send.
         // Without a session this starts the handshake, which is how an always-on link
         // comes up at start-up without waiting for traffic.
@@ -695,26 +899,135 @@ impl Engine {
             if peer.last_sent.is_some_and(|t| now < t + interval) {
                 return None;
             }
-            match peer.tunn.encapsulate(&[], buf) {
-                TunnResult::WriteToNetwork(out) => Some(range_of(base, out)),
+            let tunnel = session.tunnel(session.send_slot())?;
+            match tunnel.tunn.encapsulate(&[], buf) {
+                TunnResult::WriteToNetwork(o) => Some(range_of(base, o)),
                 _ => None,
             }
         });
         note_handshake(peer, wall);
-        let range = out?;
-        let endpoint = peer.endpoint?;
-        peer.tx_bytes += range.len() as u64;
-        peer.last_sent = Some(now);
-        Some((endpoint, range))
+        let result = match (out, peer.endpoint) {
+            (Some(range), Some(endpoint)) => {
+                peer.tx_bytes += range.len() as u64;
+                peer.last_sent = Some(now);
+                Some((endpoint, peer.local, range))
+            }
+            _ => None,
+        };
+        for index in released {
+            self.peers.release_index(index);
+        }
+        result
     }
 
-    fn allocate_index(&mut self) -> u32 {
-        loop {
-            let index = self.next_index;
-            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-            if !self.by_index.contains_key(&index) {
-                return index;
-            }
+    /// Gives a peer its next deadline after a timer run: a tick while it has session state,
+    /// nothing otherwise (new traffic or a configuration change wakes it again).
+    fn reschedule(&mut self, id: PeerId) {
+        let now = self.clock.0;
+        let has_session = self.peers.get(id).is_some_and(|p| p.session.is_some());
+        if has_session {
+            self.schedule(id, now + TICK);
+        }
+    }
+
+    /// Makes `id` due at `at` unless it is due earlier already.
+    fn schedule(&mut self, id: PeerId, at: Instant) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.due.is_some_and(|due| due <= at) {
+            return;
+        }
+        peer.due = Some(at);
+        self.deadlines.schedule(id, at);
+    }
+
+    /// An always-on link without session state gets a timer run now, which starts its
+    /// handshake.
+    fn wake_always_on(&mut self, id: PeerId) {
+        let wants = self.identity.is_some()
+            && self
+                .peers
+                .get(id)
+                .is_some_and(|p| p.always_on() && p.session.is_none());
+        if wants {
+            let now = self.clock.0;
+            self.schedule(id, now);
+        }
+    }
+
+    /// Creates a peer's boringtun state if it has none. `false` without a private key.
+    fn ensure_session(&mut self, id: PeerId, now: Instant) -> bool {
+        let Some(identity) = &self.identity else {
+            return false;
+        };
+        match self.peers.get(id) {
+            None => return false,
+            Some(peer) if peer.session.is_some() => return true,
+            Some(_) => {}
+        }
+        let index = allocate_index(&mut self.next_index, &self.peers);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return false;
+        };
+        let tunn = new_tunn(
+            identity,
+            &peer.public_key,
+            peer.preshared_key.as_ref(),
+            index,
+        );
+        peer.session = Some(Box::new(Session::new(Tunnel { tunn, index })));
+        self.peers.register_index(index, id);
+        self.schedule(id, now + TICK);
+        true
+    }
+
+    fn drop_session(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        peer.up = false;
+        let Some(session) = peer.session.take() else {
+            return;
+        };
+        for index in session.indices() {
+            self.peers.release_index(index);
+        }
+        self.pending_flush.retain(|p| *p != id);
+    }
+
+    /// Wall-clock time at `now`, from the latest `handle_timeout`'s pair.
+    fn wall_at(&self, now: Instant) -> SystemTime {
+        let (mono, wall) = self.clock;
+        if now >= mono {
+            wall + now.duration_since(mono)
+        } else {
+            wall.checked_sub(mono.duration_since(now)).unwrap_or(wall)
+        }
+    }
+}
+
+/// A fresh boringtun session state for a peer. Persistent keepalive is not handed to
+/// boringtun (it has no setter for it): the engine sends keepalives itself, so an operator
+/// can change the interval without breaking the session.
+fn new_tunn(identity: &Identity, key: &PublicKey, psk: Option<&PresharedKey>, index: u32) -> Tunn {
+    Tunn::new(
+        identity.secret.clone(),
+        x25519::PublicKey::from(*key.as_bytes()),
+        psk.map(|k| *k.as_bytes()),
+        None,
+        index,
+        Some(Arc::clone(&identity.limiter)),
+    )
+}
+
+/// A 24-bit session index no `Tunn` uses.
+fn allocate_index(next: &mut u32, peers: &Peers) -> u32 {
+    loop {
+        let index = *next;
+        *next = (*next + 1) & 0x00ff_ffff;
+        if !peers.index_in_use(index) {
+            return index;
         }
     }
 }
@@ -722,7 +1035,7 @@ impl Engine {
 /// Records a completed handshake's wall-clock time (and the peer coming up) once boringtun
 /// reports a session. boringtun gives time since the handshake; a new one shows as a jump.
 fn note_handshake(peer: &mut Peer, wall: SystemTime) {
-    let Some(since) = peer.tunn.stats().0 else {
+    let Some(since) = peer.session.as_ref().and_then(|s| s.current.tunn.stats().0) else {
         return;
     };
     let at = wall.checked_sub(since).unwrap_or(wall);
@@ -742,18 +1055,31 @@ fn note_handshake(peer: &mut Peer, wall: SystemTime) {
     }
 }
 
+/// What timer and flush steps produce: where to, from which local address, and the bytes.
+type Flushed = (SocketAddr, Option<IpAddr>, Range<usize>);
+
+/// Which of a peer's `Tunn`s a datagram is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A handshake initiation, found by the sender's public key.
+    Initiation,
+    /// Anything else, found by the 24-bit receiver index.
+    Index(u32),
+}
+
 /// A packet decision as byte ranges of the caller's buffer, so that borrows of the buffer
 /// end before the caller re-slices it.
 enum Step {
     Nothing,
     Dropped,
     Tunnel(Range<usize>),
-    Network(SocketAddr, Range<usize>),
+    Network(Range<usize>),
 }
 
-/// The inbound source check: a decrypted packet is accepted only if its source lies in
-/// the sending peer's allowed-ips (longest match is that peer).
-fn inbound(routes: &AllowedIps<PeerId>, id: PeerId, src: IpAddr, r: Range<usize>) -> Step {
+/// The inbound source check: a decrypted packet is accepted only if the longest prefix
+/// matching its source belongs to the peer that sent it. A peer with `198.19.0.0/16` cannot
+/// send as `198.19.2.5` when `198.19.2.0/24` belongs to another peer.
+fn inbound(routes: &RoutingTable<PeerId>, id: PeerId, src: IpAddr, r: Range<usize>) -> Step {
     if routes.lookup(src) == Some(id) {
         Step::Tunnel(r)
     } else {
@@ -779,7 +1105,7 @@ pub fn reason(e: &WireGuardError) -> &'static str {
         WireGuardError::ConnectionExpired => "connection expired",
         WireGuardError::NoCurrentSession => "no current session",
         WireGuardError::WrongIndex | WireGuardError::UnexpectedPacket => "unexpected packet",
-        WireGuardError::InvalidAeadTag => "decryption failed",
+        WireGuardError::InvalidAeadTag => "decryption failed (wrong preshared key?)",
         WireGuardError::InvalidPacket => "malformed packet",
         _ => "other",
     }

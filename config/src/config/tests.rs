@@ -130,9 +130,12 @@ allowed-ips = ["198.19.3.0/24"]
     assert_eq!(config.path, path);
     let iface = &config.interface;
     assert_eq!(iface.name.as_str(), "sl0", "name defaults to the file stem");
-    assert_eq!(iface.private_key.as_bytes(), alice().as_bytes());
     assert_eq!(
-        iface.public_key().to_hex(),
+        iface.private_key.as_ref().unwrap().as_bytes(),
+        alice().as_bytes()
+    );
+    assert_eq!(
+        iface.public_key().unwrap().to_hex(),
         "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
     );
     assert_eq!(iface.listen_port, Some(51820));
@@ -194,7 +197,10 @@ fn minimal_config_with_inline_key_and_defaults() {
     assert_eq!(config.interface.mtu, 1420);
     assert!(config.interface.addresses.is_empty());
     assert!(config.peers.is_empty(), "zero peers is valid");
-    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+    assert_eq!(
+        config.interface.private_key.as_ref().unwrap().as_bytes(),
+        alice().as_bytes()
+    );
 
     // Without `address` at all, and with an explicit name and MTU.
     let text = format!(
@@ -231,7 +237,10 @@ fn key_files_may_have_surrounding_whitespace() {
     let path = dir.write("wg0.toml", text, 0o644);
     let config = Config::load(&path).unwrap();
     assert_eq!(config.interface.name.as_str(), "wg0");
-    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+    assert_eq!(
+        config.interface.private_key.as_ref().unwrap().as_bytes(),
+        alice().as_bytes()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,12 +611,32 @@ fn bad_peer_name() {
 }
 
 #[test]
-fn overlapping_allowed_ips_between_peers() {
+fn nested_allowed_ips_of_different_peers_are_accepted() {
+    // A hub with the whole range, a branch with part of it, and a default route: routing
+    // picks the longest match, as WireGuard does.
+    let text = format!(
+        "{}\n[[peer]]\nname = \"hub\"\npublic-key = \"{}\"\n\
+         allowed-ips = [\"198.19.0.0/16\", \"0.0.0.0/0\", \"::/0\"]\n\n\
+         [[peer]]\nname = \"branch-b\"\npublic-key = \"{}\"\n\
+         allowed-ips = [\"198.19.2.0/24\", \"198.19.2.128/25\", \"fd19:2::/64\"]\n",
+        interface(),
+        new_public(),
+        new_public()
+    );
+    let config = Config::parse(&text, Path::new("/etc/sitelink/sl0.toml")).unwrap();
+    assert_eq!(config.peers[0].allowed_ips.len(), 3);
+    assert_eq!(config.peers[1].allowed_ips.len(), 3);
+    assert!(crate::has_default_route(&config.peers));
+    config.validate().unwrap();
+}
+
+#[test]
+fn the_same_prefix_on_two_peers_names_both() {
     let text = format!(
         "{}\n[[peer]]\nname = \"site-b\"\npublic-key = \"{}\"\n\
          allowed-ips = [\"198.18.100.2/32\", \"198.19.2.0/24\"]\n\n\
          [[peer]]\nname = \"site-c\"\npublic-key = \"{}\"\n\
-         allowed-ips = [\n  \"198.19.3.0/24\",\n  \"198.19.2.128/25\",\n]\n",
+         allowed-ips = [\n  \"198.19.3.0/24\",\n  \"198.19.2.0/24\",\n]\n",
         interface(),
         new_public(),
         new_public()
@@ -617,18 +646,19 @@ fn overlapping_allowed_ips_between_peers() {
         14,
         "peer \"site-c\": allowed-ips",
         &[
-            "198.19.2.128/25 overlaps 198.19.2.0/24 of peer \"site-b\" (line 7)",
-            "only one peer",
+            "198.19.2.0/24 is also in the allowed-ips of peer \"site-b\" (line 7)",
+            "belong to one peer only",
+            "the longest match wins",
         ],
     );
     assert_eq!(error.column(), Some(3));
 }
 
 #[test]
-fn overlapping_ipv6_allowed_ips_between_peers() {
+fn the_same_ipv6_default_route_on_two_peers_is_refused() {
     let text = format!(
         "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = [\"::/0\"]\n\n\
-         [[peer]]\nname = \"c\"\npublic-key = \"{}\"\nallowed-ips = [\"198.19.3.0/24\", \"fd19:3::/64\"]\n",
+         [[peer]]\nname = \"c\"\npublic-key = \"{}\"\nallowed-ips = [\"fd19:3::/64\", \"::/0\"]\n",
         interface(),
         new_public(),
         new_public()
@@ -637,8 +667,104 @@ fn overlapping_ipv6_allowed_ips_between_peers() {
         &text,
         12,
         "peer \"c\": allowed-ips",
-        &["fd19:3::/64 overlaps ::/0 of peer \"b\""],
+        &["::/0 is also in the allowed-ips of peer \"b\" (line 7)"],
     );
+}
+
+#[test]
+fn many_peers_and_prefixes_load_in_linear_time() {
+    // 20,000 peers and a peer with 50,000 prefixes: quadratic checks would take minutes.
+    let mut text = interface();
+    for i in 0..20_000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        let mut key = [7u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        text += &format!(
+            "\n[[peer]]\nname = \"p{i}\"\npublic-key = \"{}\"\nallowed-ips = [\"198.18.{hi}.{lo}/32\"]\n",
+            PublicKey::from_bytes(key)
+        );
+    }
+    let prefixes: Vec<String> = (0..50_000u32)
+        .map(|i| format!("\"fd00:{:x}:{:x}::/48\"", i >> 16, i & 0xffff))
+        .collect();
+    text += &format!(
+        "\n[[peer]]\nname = \"wide\"\npublic-key = \"{}\"\nallowed-ips = [{}]\n",
+        new_public(),
+        prefixes.join(", ")
+    );
+    let start = std::time::Instant::now();
+    let config = Config::parse(&text, Path::new("/etc/sitelink/sl0.toml")).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.peers.len(), 20_001);
+    // Generous: a debug build does this in well under a second.
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn fwmark_and_table() {
+    let parse = |extra: &str| {
+        let text = format!("{}{extra}", interface());
+        Config::parse(&text, Path::new("/etc/sitelink/sl0.toml"))
+    };
+    let iface = parse("").unwrap().interface;
+    assert_eq!((iface.fwmark, iface.table), (None, crate::RouteTable::Auto));
+    let iface = parse("fwmark = 0xca6c\ntable = 1234\n").unwrap().interface;
+    assert_eq!(
+        (iface.fwmark, iface.table),
+        (Some(51820), crate::RouteTable::Id(1234))
+    );
+    assert_eq!(
+        parse("table = \"off\"\n").unwrap().interface.table,
+        crate::RouteTable::Off
+    );
+    assert_eq!(
+        parse("table = \"auto\"\n").unwrap().interface.table,
+        crate::RouteTable::Auto
+    );
+    for (extra, needle) in [
+        ("fwmark = 0\n", "fwmark: 0 means no mark; omit fwmark"),
+        (
+            "fwmark = 4294967296\n",
+            "fwmark: 4294967296 is out of range",
+        ),
+        (
+            "table = \"main\"\n",
+            "table: \"main\" is not a table; use \"auto\"",
+        ),
+        ("table = 255\n", "table: 255 is the kernel's local table"),
+        ("table = 0\n", "table: 0 is out of range"),
+        ("table = true\n", "table"),
+    ] {
+        let e = parse(extra).unwrap_err().to_string();
+        assert!(e.contains(needle), "{extra:?}: {e}");
+        assert!(e.contains("sl0.toml:"), "{e}");
+    }
+}
+
+#[test]
+fn effective_fwmark_follows_table_and_default_routes() {
+    let text = format!(
+        "{}\n[[peer]]\nname = \"hq\"\npublic-key = \"{}\"\nallowed-ips = [\"0.0.0.0/0\"]\n",
+        interface(),
+        new_public()
+    );
+    let mut config = Config::parse(&text, Path::new("/etc/sitelink/sl0.toml")).unwrap();
+    assert_eq!(
+        config.interface.effective_fwmark(&config.peers),
+        Some(crate::DEFAULT_TABLE)
+    );
+    config.interface.fwmark = Some(7);
+    assert_eq!(config.interface.effective_fwmark(&config.peers), Some(7));
+    config.interface.fwmark = None;
+    config.interface.table = crate::RouteTable::Off;
+    assert_eq!(config.interface.effective_fwmark(&config.peers), None);
+    config.interface.table = crate::RouteTable::Auto;
+    config.peers[0].allowed_ips = vec![cidr("198.19.0.0/16")];
+    assert_eq!(config.interface.effective_fwmark(&config.peers), None);
 }
 
 #[test]
@@ -963,6 +1089,7 @@ fn group_readable_private_key_file_is_refused() {
             .unwrap()
             .interface
             .private_key
+            .unwrap()
             .as_bytes(),
         alice().as_bytes()
     );
@@ -1307,7 +1434,7 @@ fn validate_unique_public_keys() {
 #[test]
 fn validate_own_public_key() {
     let (_dir, mut config) = live_config();
-    config.peers[0].public_key = config.interface.public_key();
+    config.peers[0].public_key = config.interface.public_key().unwrap();
     let error = expect_live_error(
         &config,
         "peer \"site-b\": public-key",
@@ -1339,24 +1466,35 @@ fn validate_duplicate_allowed_ip_within_a_peer() {
 }
 
 #[test]
-fn validate_overlap_between_peers() {
+fn validate_same_prefix_on_two_peers() {
     let (_dir, mut config) = live_config();
     config.peers[1].allowed_ips.push(cidr("198.19.2.0/24"));
     let error = config.validate().unwrap_err();
     assert_eq!(
         error.to_string(),
-        "peer \"site-c\": allowed-ips: 198.19.2.0/24 overlaps 198.19.2.0/24 of peer \"site-b\"; \
-         a destination can be routed to only one peer, so remove or narrow one of them"
+        "peer \"site-c\": allowed-ips: 198.19.2.0/24 is also in the allowed-ips of peer \
+         \"site-b\"; a prefix can belong to one peer only, so remove it from one of them \
+         (prefixes may nest, e.g. 198.19.0.0/16 on a hub and 198.19.2.0/24 on a branch: the \
+         longest match wins)"
     );
     assert_eq!(error.peer(), Some("site-c"));
     assert_eq!(error.key(), Some("allowed-ips"));
 
-    config.peers[1].allowed_ips = vec![cidr("fd19::/16")];
-    expect_live_error(
-        &config,
-        "peer \"site-c\": allowed-ips",
-        &["fd19::/16 overlaps fd19:2::/64 of peer \"site-b\";"],
-    );
+    // Nesting is fine.
+    config.peers[1].allowed_ips = vec![cidr("fd19::/16"), cidr("198.19.0.0/16")];
+    config.validate().unwrap();
+}
+
+#[test]
+fn validate_allows_no_private_key_and_checks_fwmark_and_table() {
+    let (_dir, mut config) = live_config();
+    config.interface.private_key = None;
+    config.validate().unwrap();
+    config.interface.fwmark = Some(0);
+    expect_live_error(&config, "interface: fwmark", &["0 means no mark"]);
+    config.interface.fwmark = Some(1);
+    config.interface.table = crate::RouteTable::Id(255);
+    expect_live_error(&config, "interface: table", &["local table"]);
 }
 
 #[test]
@@ -1429,7 +1567,10 @@ fn a_credential_replaces_the_private_key_file_which_is_not_read() {
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("chmod 600"), "{err}");
     let config = Config::load_with_private_key(&path, Some(alice())).unwrap();
-    assert_eq!(config.interface.private_key.as_bytes(), alice().as_bytes());
+    assert_eq!(
+        config.interface.private_key.as_ref().unwrap().as_bytes(),
+        alice().as_bytes()
+    );
     // The file may even be missing.
     fs::remove_file(&key).unwrap();
     assert!(Config::load_with_private_key(&path, Some(alice())).is_ok());

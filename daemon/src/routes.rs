@@ -1,0 +1,245 @@
+//! What the kernel's routing should look like for a configuration: the routes for peers'
+//! allowed-ips and, for a default route through a peer, wg-quick's policy rules.
+//!
+//! Owns: the translation of `[interface] table` and `fwmark` plus the allowed-ips into sets of
+//! routes and rules, and the difference between two such sets. Doesn't own: talking to the
+//! kernel (`netlink.rs`) or deciding when (`state.rs`). Pure, so every case is a unit test.
+//!
+//! `table = "auto"` (the default) is wg-quick's `Table = auto`: every prefix gets a route in
+//! the main table, except default routes (`0.0.0.0/0`, `::/0`), which go into their own table
+//! `T` (the fwmark, default 51820), selected by two rules per family:
+//! `not fwmark T lookup T` (everything but the tunnel's own, marked, UDP packets) and
+//! `lookup main suppress_prefixlength 0` (first, so that more specific routes in main, such as
+//! the LAN and the underlay's networks, still win over the tunnel's default). The tunnel's UDP
+//! socket carries mark `T`, so its packets skip the tunnel's table and leave by the underlay:
+//! no routing loop. `table = N` puts every route, default routes included, into table N and
+//! adds no rules; `table = "off"` adds nothing.
+//!
+//! Nested prefixes (`198.19.0.0/16` and `198.19.2.0/24`) each get a route into the interface:
+//! the kernel only has to send them to the tunnel, and the engine picks the peer by longest
+//! match.
+
+use std::collections::BTreeSet;
+
+use sitelink_config::{Cidr, Interface, Peer, RouteTable};
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// A route for `cidr` (a network) into the interface, in `table`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub table: u32,
+    pub cidr: Cidr,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.table == MAIN_TABLE {
+            write!(f, "{}", self.cidr)
+        } else {
+            write!(f, "{} (table {})", self.cidr, self.table)
+        }
+    }
+}
+
+/// One of wg-quick's policy rules for a default route through the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// `not fwmark MARK lookup TABLE`: unmarked packets use the tunnel's table.
+    NotFwmark { v6: bool, mark: u32, table: u32 },
+    /// `lookup main suppress_prefixlength 0`: the main table, but not its default route.
+    SuppressMainDefault { v6: bool },
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let family = |v6: bool| if v6 { "-6" } else { "-4" };
+        match self {
+            Rule::NotFwmark { v6, mark, table } => {
+                write!(f, "{} not fwmark {mark:#x} lookup {table}", family(*v6))
+            }
+            Rule::SuppressMainDefault { v6 } => {
+                write!(f, "{} lookup main suppress_prefixlength 0", family(*v6))
+            }
+        }
+    }
+}
+
+/// The routes and rules a configuration asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    pub routes: BTreeSet<Route>,
+    pub rules: BTreeSet<Rule>,
+}
+
+impl Routing {
+    /// What `iface` and `peers` ask the kernel for.
+    pub fn of(iface: &Interface, peers: &[Peer]) -> Self {
+        let mut out = Routing::default();
+        let prefixes = peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().map(Cidr::network));
+        match iface.table {
+            RouteTable::Off => {}
+            RouteTable::Id(table) => {
+                out.routes
+                    .extend(prefixes.map(|cidr| Route { table, cidr }));
+            }
+            RouteTable::Auto => {
+                let own_table = iface.effective_fwmark(peers);
+                for cidr in prefixes {
+                    let table = match own_table {
+                        Some(t) if cidr.prefix_len() == 0 => {
+                            let v6 = !cidr.is_ipv4();
+                            out.rules.insert(Rule::NotFwmark {
+                                v6,
+                                mark: t,
+                                table: t,
+                            });
+                            out.rules.insert(Rule::SuppressMainDefault { v6 });
+                            t
+                        }
+                        _ => MAIN_TABLE,
+                    };
+                    out.routes.insert(Route { table, cidr });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What changes from `old` to `new`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingDiff {
+    pub add_routes: Vec<Route>,
+    pub remove_routes: Vec<Route>,
+    pub add_rules: Vec<Rule>,
+    pub remove_rules: Vec<Rule>,
+}
+
+impl RoutingDiff {
+    pub fn between(old: &Routing, new: &Routing) -> Self {
+        Self {
+            add_routes: new.routes.difference(&old.routes).copied().collect(),
+            remove_routes: old.routes.difference(&new.routes).copied().collect(),
+            add_rules: new.rules.difference(&old.rules).copied().collect(),
+            remove_rules: old.rules.difference(&new.rules).copied().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sitelink_config::Config;
+
+    use super::*;
+
+    fn config(interface_extra: &str, peers: &[&[&str]]) -> Config {
+        let key = sitelink_config::PrivateKey::generate();
+        let mut text = format!(
+            "[interface]\nprivate-key = \"{}\"\n{interface_extra}\n",
+            key.expose_base64()
+        );
+        for (i, ips) in peers.iter().enumerate() {
+            let peer_key = sitelink_config::PrivateKey::generate().public_key();
+            let list: Vec<String> = ips.iter().map(|s| format!("{s:?}")).collect();
+            text += &format!(
+                "[[peer]]\nname = \"p{i}\"\npublic-key = \"{peer_key}\"\nallowed-ips = [{}]\n",
+                list.join(", ")
+            );
+        }
+        Config::parse(&text, Path::new("sl0.toml")).unwrap()
+    }
+
+    fn routing(c: &Config) -> Routing {
+        Routing::of(&c.interface, &c.peers)
+    }
+
+    fn names(r: &Routing) -> Vec<String> {
+        r.routes.iter().map(Route::to_string).collect()
+    }
+
+    #[test]
+    fn auto_routes_nested_prefixes_in_main() {
+        let c = config("", &[&["198.19.0.0/16"], &["198.19.2.0/24", "fd19:2::/64"]]);
+        let r = routing(&c);
+        assert_eq!(names(&r), ["198.19.0.0/16", "198.19.2.0/24", "fd19:2::/64"]);
+        assert!(r.rules.is_empty());
+        assert_eq!(c.interface.effective_fwmark(&c.peers), None);
+    }
+
+    #[test]
+    fn auto_puts_default_routes_in_their_own_table_with_rules() {
+        let c = config("", &[&["0.0.0.0/0", "::/0", "198.19.0.0/16"]]);
+        let r = routing(&c);
+        assert_eq!(
+            names(&r),
+            [
+                "198.19.0.0/16",
+                "0.0.0.0/0 (table 51820)",
+                "::/0 (table 51820)"
+            ]
+        );
+        let rules: Vec<String> = r.rules.iter().map(Rule::to_string).collect();
+        assert_eq!(
+            rules,
+            [
+                "-4 not fwmark 0xca6c lookup 51820",
+                "-6 not fwmark 0xca6c lookup 51820",
+                "-4 lookup main suppress_prefixlength 0",
+                "-6 lookup main suppress_prefixlength 0",
+            ]
+        );
+        // Only the family with a default route gets rules.
+        let c = config("fwmark = 7", &[&["0.0.0.0/0"]]);
+        let rules: Vec<String> = routing(&c).rules.iter().map(Rule::to_string).collect();
+        assert_eq!(
+            rules,
+            [
+                "-4 not fwmark 0x7 lookup 7",
+                "-4 lookup main suppress_prefixlength 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_table_number_takes_everything_and_off_takes_nothing() {
+        let c = config("table = 100", &[&["0.0.0.0/0", "198.19.2.0/24"]]);
+        let r = routing(&c);
+        assert_eq!(
+            names(&r),
+            ["0.0.0.0/0 (table 100)", "198.19.2.0/24 (table 100)"]
+        );
+        assert!(r.rules.is_empty());
+        let c = config("table = \"off\"", &[&["0.0.0.0/0", "198.19.2.0/24"]]);
+        assert_eq!(routing(&c), Routing::default());
+    }
+
+    #[test]
+    fn diff_lists_what_to_add_and_remove() {
+        let old = routing(&config("", &[&["198.19.2.0/24", "198.19.3.0/24"]]));
+        let new = routing(&config("", &[&["198.19.3.0/24"], &["0.0.0.0/0"]]));
+        let d = RoutingDiff::between(&old, &new);
+        assert_eq!(
+            d.add_routes
+                .iter()
+                .map(Route::to_string)
+                .collect::<Vec<_>>(),
+            ["0.0.0.0/0 (table 51820)"]
+        );
+        assert_eq!(
+            d.remove_routes
+                .iter()
+                .map(Route::to_string)
+                .collect::<Vec<_>>(),
+            ["198.19.2.0/24"]
+        );
+        assert_eq!(d.add_rules.len(), 2);
+        assert!(d.remove_rules.is_empty());
+        assert_eq!(RoutingDiff::between(&new, &new), RoutingDiff::default());
+    }
+}

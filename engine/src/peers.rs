@@ -1,0 +1,188 @@
+//! The peer store: every configured peer, found by handle, by public key and by the 24-bit
+//! receiver index of its session.
+//!
+//! Owns: the per-peer record (identity, endpoint and sticky local address, counters, timers'
+//! bookkeeping, and the session state once there is one) and the three lookups. Doesn't own:
+//! routing (the routing table maps prefixes to [`PeerId`]s) or any protocol decision.
+//!
+//! Peers live in a slab: a [`PeerId`] is a slot number and a generation, so lookups by handle
+//! are an index, and a handle of a removed peer never finds the peer that reuses its slot.
+//! A peer without a session holds no `Tunn` at all (see [`Peer::session`]), about 200 bytes plus
+//! its name and prefixes, so thousands of configured but idle peers stay cheap.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use sitelink_config::{Cidr, PresharedKey, PublicKey};
+
+use crate::session::Session;
+use crate::Instant;
+
+/// A peer's handle, stable for the peer's lifetime in this engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    slot: u32,
+    generation: u32,
+}
+
+pub(crate) struct Peer {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    pub endpoint: Option<SocketAddr>,
+    /// Our address that the peer's latest authenticated packet arrived at: replies and
+    /// initiations to the peer leave from it (sticky source), so a multi-homed gateway answers
+    /// from the address the peer knows.
+    pub local: Option<IpAddr>,
+    pub allowed_ips: Vec<Cidr>,
+    pub keepalive: Option<u16>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub bad_source: u64,
+    pub up: bool,
+    /// Earliest time of our next own re-initiation of an expired always-on link.
+    pub next_reinit: Option<Instant>,
+    /// When we last sent this peer anything; persistent keepalives measure from here.
+    pub last_sent: Option<Instant>,
+    /// The boringtun state, created on the first handshake or packet and dropped when the
+    /// link has been dead long enough that boringtun gave up (`None`: an idle peer).
+    pub session: Option<Box<Session>>,
+    /// This peer's deadline in [`crate::timers::Deadlines`], if it has one.
+    pub due: Option<Instant>,
+    /// Creation order, for listing peers as they were added.
+    pub created: u64,
+}
+
+impl Peer {
+    /// An endpoint and a keepalive: a link we keep up ourselves, traffic or not.
+    pub fn always_on(&self) -> bool {
+        self.endpoint.is_some() && self.keepalive.is_some()
+    }
+}
+
+struct Entry {
+    generation: u32,
+    peer: Option<Peer>,
+}
+
+#[derive(Default)]
+pub(crate) struct Peers {
+    slots: Vec<Entry>,
+    free: Vec<u32>,
+    by_key: HashMap<PublicKey, PeerId>,
+    /// Session index (24 bits) → peer. A peer has one entry per `Tunn` it holds.
+    by_index: HashMap<u32, PeerId>,
+    created: u64,
+}
+
+impl Peers {
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn insert(&mut self, mut peer: Peer) -> PeerId {
+        peer.created = self.created;
+        self.created += 1;
+        let key = peer.public_key;
+        let id = match self.free.pop() {
+            Some(slot) => {
+                let entry = &mut self.slots[slot as usize];
+                entry.peer = Some(peer);
+                PeerId {
+                    slot,
+                    generation: entry.generation,
+                }
+            }
+            None => {
+                // Slots fit in u32: four billion peers do not fit in memory first.
+                let slot = self.slots.len() as u32;
+                self.slots.push(Entry {
+                    generation: 0,
+                    peer: Some(peer),
+                });
+                PeerId {
+                    slot,
+                    generation: 0,
+                }
+            }
+        };
+        self.by_key.insert(key, id);
+        id
+    }
+
+    /// Removes a peer and its index entries.
+    pub fn remove(&mut self, id: PeerId) -> Option<Peer> {
+        let entry = self.slots.get_mut(id.slot as usize)?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        let peer = entry.peer.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(id.slot);
+        self.by_key.remove(&peer.public_key);
+        if let Some(session) = &peer.session {
+            for index in session.indices() {
+                self.by_index.remove(&index);
+            }
+        }
+        Some(peer)
+    }
+
+    pub fn get(&self, id: PeerId) -> Option<&Peer> {
+        let entry = self.slots.get(id.slot as usize)?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        entry.peer.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        let entry = self.slots.get_mut(id.slot as usize)?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        entry.peer.as_mut()
+    }
+
+    pub fn by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn by_index(&self, index: u32) -> Option<PeerId> {
+        self.by_index.get(&index).copied()
+    }
+
+    pub fn index_in_use(&self, index: u32) -> bool {
+        self.by_index.contains_key(&index)
+    }
+
+    pub fn register_index(&mut self, index: u32, id: PeerId) {
+        self.by_index.insert(index, id);
+    }
+
+    pub fn release_index(&mut self, index: u32) {
+        self.by_index.remove(&index);
+    }
+
+    /// Every peer's handle, in creation order.
+    pub fn ids(&self) -> Vec<PeerId> {
+        let mut ids: Vec<(u64, PeerId)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| {
+                let peer = e.peer.as_ref()?;
+                // Slot numbers came from u32.
+                let id = PeerId {
+                    slot: slot as u32,
+                    generation: e.generation,
+                };
+                Some((peer.created, id))
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+}
