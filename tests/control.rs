@@ -352,18 +352,8 @@ fn save_writes_peers_back_keeping_comments() {
     );
 }
 
-fn wg(sites: &Sites, args: &[&str]) -> std::process::Output {
-    sites.gw_a.cmd("wg").args(args).output().unwrap()
-}
-
 fn wg_ok(sites: &Sites, args: &[&str]) -> String {
-    let out = wg(sites, args);
-    assert!(
-        out.status.success(),
-        "wg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    sitelink_tests::wg_ok(&sites.gw_a, args)
 }
 
 #[test]

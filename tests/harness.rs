@@ -419,30 +419,13 @@ impl Sites {
     }
 
     pub fn sitelinkd_env(&self, gw: &Netns, config: &Path, env: &[(&str, &str)]) -> Process {
-        let mut cmd = gw.cmd(bin("sitelinkd"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("-v")
-            .env("SITELINK_RUN_DIR", &self.run_dir)
-            .envs(env.iter().copied());
         let log = self.dir.0.join(format!("{}.log", gw.name));
-        Process::spawn("sitelinkd", cmd, log)
+        spawn_sitelinkd(gw, config, &self.run_dir, log, env)
     }
 
     /// Waits until sitelinkd's control socket for `iface` answers `show`.
     pub fn wait_ready(&self, daemon: &mut Process, iface: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            daemon.assert_running();
-            if self.ctl(iface, &["show", "--json"]).status.success() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "sitelinkd for {iface} not ready in 20 s:\n{}",
-            daemon.log_text()
-        );
+        wait_ready(&self.run_dir, daemon, iface);
     }
 
     /// Once the tunnel is up: IPv6 ping A→B, IPv4 ping B→A, gw_a pings gw_b's tunnel
@@ -478,23 +461,91 @@ impl Sites {
     }
 
     pub fn ctl(&self, iface: &str, args: &[&str]) -> Output {
-        Command::new(bin("sitelinkctl"))
-            .args(["--interface", iface])
-            .args(args)
-            .env("SITELINK_RUN_DIR", &self.run_dir)
-            .output()
-            .expect("run sitelinkctl")
+        ctl(&self.run_dir, iface, args)
     }
 
     pub fn show_json(&self, iface: &str) -> serde_json::Value {
-        let out = self.ctl(iface, &["show", "--json"]);
-        assert!(
-            out.status.success(),
-            "show failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("show --json is JSON")
+        show_json(&self.run_dir, iface)
     }
+}
+
+/// Starts `sitelinkd --config CONFIG -v` in `ns` with its sockets under `run_dir` and its
+/// output in `log`.
+pub fn spawn_sitelinkd(
+    ns: &Netns,
+    config: &Path,
+    run_dir: &Path,
+    log: PathBuf,
+    env: &[(&str, &str)],
+) -> Process {
+    let mut cmd = ns.cmd(bin("sitelinkd"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("-v")
+        .env("SITELINK_RUN_DIR", run_dir)
+        .envs(env.iter().copied());
+    Process::spawn("sitelinkd", cmd, log)
+}
+
+/// Waits until the sitelinkd serving `iface` under `run_dir` answers `show`.
+pub fn wait_ready(run_dir: &Path, daemon: &mut Process, iface: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        daemon.assert_running();
+        if ctl(run_dir, iface, &["show", "--json"]).status.success() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "sitelinkd for {iface} not ready in 20 s:\n{}",
+        daemon.log_text()
+    );
+}
+
+/// `sitelinkctl --interface IFACE ARGS` against the daemons under `run_dir`.
+pub fn ctl(run_dir: &Path, iface: &str, args: &[&str]) -> Output {
+    Command::new(bin("sitelinkctl"))
+        .args(["--interface", iface])
+        .args(args)
+        .env("SITELINK_RUN_DIR", run_dir)
+        .output()
+        .expect("run sitelinkctl")
+}
+
+/// `sitelinkctl show --json`, which must succeed.
+pub fn show_json(run_dir: &Path, iface: &str) -> serde_json::Value {
+    let out = ctl(run_dir, iface, &["show", "--json"]);
+    assert!(
+        out.status.success(),
+        "show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("show --json is JSON")
+}
+
+/// The peer named `name` in a `show --json` status.
+pub fn peer<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["peers"]
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no peer {name:?} in {status}"))
+}
+
+/// `wg ARGS` (wireguard-tools) in `ns`.
+pub fn wg(ns: &Netns, args: &[&str]) -> Output {
+    ns.cmd("wg").args(args).output().expect("run wg")
+}
+
+/// `wg ARGS` in `ns`, which must succeed; its stdout.
+pub fn wg_ok(ns: &Netns, args: &[&str]) -> String {
+    let out = wg(ns, args);
+    assert!(
+        out.status.success(),
+        "wg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 impl Default for Sites {
@@ -741,4 +792,134 @@ pub fn unix_exchange(path: &Path, request: &[u8], timeout: Duration) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Gateways across an internet: each site's gateway reaches the others only through a router
+/// (its default route), as real sites do. Site `n` has WAN `198.18.n.2/24` (router at
+/// `198.18.n.1`), LAN `198.19.n.0/24` with the gateway at `.1` and one host at `.10`, and a
+/// key pair and interface name for its sitelinkd.
+pub struct Internet {
+    pub router: Netns,
+    pub sites: Vec<Site>,
+    pub dir: TempDir,
+    pub run_dir: PathBuf,
+}
+
+pub struct Site {
+    pub n: u8,
+    pub gw: Netns,
+    pub host: Netns,
+    pub iface: String,
+    pub public: String,
+    pub key_file: PathBuf,
+}
+
+impl Site {
+    /// The gateway's WAN address (its endpoint is this and port 51820).
+    pub fn wan(&self) -> String {
+        format!("198.18.{}.2", self.n)
+    }
+
+    /// The LAN behind the gateway.
+    pub fn lan(&self) -> String {
+        format!("198.19.{}.0/24", self.n)
+    }
+
+    /// The host on the LAN.
+    pub fn host_ip(&self) -> String {
+        format!("198.19.{}.10", self.n)
+    }
+
+    /// A `[[peer]]` table for this site, as another site configures it.
+    pub fn as_peer(&self, name: &str, allowed_ips: &[&str], endpoint: bool) -> String {
+        let list: Vec<String> = allowed_ips.iter().map(|s| format!("{s:?}")).collect();
+        let mut t = format!(
+            "\n[[peer]]\nname = {name:?}\npublic-key = {:?}\nallowed-ips = [{}]\n",
+            self.public,
+            list.join(", ")
+        );
+        if endpoint {
+            t += &format!(
+                "endpoint = \"{}:51820\"\npersistent-keepalive = 25\n",
+                self.wan()
+            );
+        }
+        t
+    }
+}
+
+impl Internet {
+    /// The router and one site per number in `sites` (1-99).
+    pub fn new(sites: &[u8]) -> Self {
+        require_root();
+        let router = Netns::new("sir");
+        router.sysctl("net.ipv4.ip_forward", "1");
+        let dir = TempDir::new();
+        let run_dir = dir.0.join("run");
+        let mut built = Vec::new();
+        for &n in sites {
+            let gw = Netns::new("sig");
+            let host = Netns::new("sih");
+            veth(&router, &format!("wan{n}"), &gw, "wan0");
+            veth(&gw, "lan0", &host, "lan0");
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("198.18.{n}.1/24"),
+                "dev",
+                &format!("wan{n}"),
+            ]);
+            gw.ip(&["addr", "add", &format!("198.18.{n}.2/24"), "dev", "wan0"]);
+            gw.ip(&["route", "add", "default", "via", &format!("198.18.{n}.1")]);
+            gw.ip(&["addr", "add", &format!("198.19.{n}.1/24"), "dev", "lan0"]);
+            host.ip(&["addr", "add", &format!("198.19.{n}.10/24"), "dev", "lan0"]);
+            host.ip(&["route", "add", "default", "via", &format!("198.19.{n}.1")]);
+            gw.sysctl("net.ipv4.ip_forward", "1");
+            let (private, public) = keypair();
+            let key_file = dir.write(&format!("site{n}.key"), &format!("{private}\n"), 0o600);
+            built.push(Site {
+                n,
+                gw,
+                host,
+                iface: unique("sli"),
+                public,
+                key_file,
+            });
+        }
+        Self {
+            router,
+            sites: built,
+            dir,
+            run_dir,
+        }
+    }
+
+    pub fn site(&self, n: u8) -> &Site {
+        self.sites
+            .iter()
+            .find(|s| s.n == n)
+            .unwrap_or_else(|| panic!("no site {n}"))
+    }
+
+    /// Starts sitelinkd on site `n` with `interface` lines added to `[interface]` and `peers`
+    /// (`[[peer]]` tables), and waits until it answers.
+    pub fn start(&self, n: u8, interface: &str, peers: &str) -> Process {
+        let site = self.site(n);
+        let toml = format!(
+            "[interface]\nname = {:?}\nprivate-key-file = {:?}\nlisten-port = 51820\n{interface}\n{peers}",
+            site.iface,
+            site.key_file.display().to_string()
+        );
+        let conf = self
+            .dir
+            .write(&format!("{}.toml", site.iface), &toml, 0o600);
+        let log = self.dir.0.join(format!("{}.log", site.iface));
+        let mut daemon = spawn_sitelinkd(&site.gw, &conf, &self.run_dir, log, &[]);
+        wait_ready(&self.run_dir, &mut daemon, &site.iface);
+        daemon
+    }
+
+    pub fn show_json(&self, n: u8) -> serde_json::Value {
+        show_json(&self.run_dir, &self.site(n).iface)
+    }
 }
