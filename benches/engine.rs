@@ -1,7 +1,7 @@
 //! Engine micro-benchmarks: encrypt and decrypt one MTU-sized packet through a pair of
 //! engines with an established session, and the routing table's longest-prefix lookups at
-//! 10, 10,000 and 100,000 prefixes: our trie against the former linear table and against the
-//! `prefix-trie` crate. These measure the engine's per-packet cost without any I/O;
+//! 10, 10,000 and 100,000 prefixes: the routing table (a `prefix-trie` tree bitmap) against the
+//! former linear table. These measure the engine's per-packet cost without any I/O;
 //! `side-by-side.sh` and `scale.sh` measure the whole path.
 //!
 //! Run: `cargo bench -p sitelink-benches`.
@@ -124,12 +124,6 @@ fn lookup(c: &mut Criterion) {
             trie.insert(*cidr, *v);
         }
         let linear = LinearTable::from_entries(entries.iter().copied());
-        let mut crate_trie: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> =
-            prefix_trie::PrefixMap::new();
-        for (cidr, v) in &entries {
-            let IpAddr::V4(a) = cidr.addr() else { continue };
-            crate_trie.insert(ipnet::Ipv4Net::new(a, cidr.prefix_len()).expect("net"), *v);
-        }
         for ip in &probes {
             assert_eq!(
                 trie.lookup(*ip),
@@ -138,7 +132,7 @@ fn lookup(c: &mut Criterion) {
             );
         }
         let mut i = 0usize;
-        g.bench_with_input(BenchmarkId::new("sitelink trie", n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("routing table", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 1) % probes.len();
                 trie.lookup(black_box(probes[i]))
@@ -153,16 +147,6 @@ fn lookup(c: &mut Criterion) {
                 })
             });
         }
-        g.bench_with_input(BenchmarkId::new("prefix-trie crate", n), &n, |b, _| {
-            b.iter(|| {
-                i = (i + 1) % probes.len();
-                let IpAddr::V4(a) = probes[i] else {
-                    return None;
-                };
-                let net = ipnet::Ipv4Net::new(a, 32).expect("net");
-                crate_trie.get_lpm(black_box(&net)).map(|(_, v)| *v)
-            })
-        });
     }
     g.finish();
 
@@ -174,7 +158,7 @@ fn lookup(c: &mut Criterion) {
             trie.insert(cidr, v);
         }
         let extra = cidr(u32::from(Ipv4Addr::new(198, 19, 250, 1)), 32);
-        g.bench_with_input(BenchmarkId::new("sitelink trie", n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("routing table", n), &n, |b, _| {
             b.iter(|| {
                 trie.insert(black_box(extra), 7);
                 trie.remove(black_box(extra))
