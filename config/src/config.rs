@@ -16,7 +16,7 @@
 //! refused if group or others may read them, like sshd does with host keys. Nothing here
 //! touches the network. Writing the config back is `save.rs`.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -25,6 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -238,7 +239,7 @@ impl Config {
         check_table(&iface.table).map_err(|m| err("table", m))?;
 
         let own_public_key = iface.public_key();
-        let mut taken = Taken::default();
+        let mut taken = Taken::with_capacity(self.peers.len());
         for (index, peer) in self.peers.iter().enumerate() {
             if let Err(message) = check_peer_name(&peer.name) {
                 let scope = Scope::Peer { index, name: None };
@@ -263,7 +264,7 @@ impl Config {
             if let Some(seconds) = peer.persistent_keepalive {
                 check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
             }
-            taken.add_peer(peer, index);
+            taken.add_peer(Cow::Borrowed(&peer.name), peer.public_key, index);
         }
         Ok(())
     }
@@ -271,18 +272,28 @@ impl Config {
 
 /// What the peers checked so far use, for the uniqueness rules: names, public keys and
 /// prefixes (with the peer and position that has each).
+/// Names are borrowed from the peers when validating a config in memory (no copies on the
+/// path every live change takes) and owned while a file is parsed.
 #[derive(Default)]
-struct Taken {
-    names: HashMap<String, usize>,
-    keys: HashMap<PublicKey, usize>,
-    prefixes: HashMap<Cidr, (usize, usize)>,
+struct Taken<'a> {
+    names: FxHashMap<Cow<'a, str>, usize>,
+    keys: FxHashMap<PublicKey, usize>,
+    prefixes: FxHashMap<Cidr, (usize, usize)>,
 }
 
-impl Taken {
+impl<'a> Taken<'a> {
+    fn with_capacity(peers: usize) -> Self {
+        Self {
+            names: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
+            keys: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
+            prefixes: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
+        }
+    }
+
     /// Records an accepted peer's name and key (its prefixes are recorded as they pass).
-    fn add_peer(&mut self, peer: &Peer, index: usize) {
-        self.names.insert(peer.name.clone(), index);
-        self.keys.insert(peer.public_key, index);
+    fn add_peer(&mut self, name: Cow<'a, str>, key: PublicKey, index: usize) {
+        self.names.insert(name, index);
+        self.keys.insert(key, index);
     }
 }
 
@@ -424,7 +435,7 @@ fn parse_config(
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.peer.len());
     // Per accepted peer: where its `name`, `public-key` and allowed-ips are.
     let mut seen: Vec<PeerLines> = Vec::with_capacity(raw.peer.len());
-    let mut taken = Taken::default();
+    let mut taken = Taken::with_capacity(raw.peer.len());
     for (index, raw_peer) in raw.peer.into_iter().enumerate() {
         let earlier = Earlier {
             peers: &peers,
@@ -442,7 +453,7 @@ fn parse_config(
             earlier,
             &mut inline_secret,
         )?;
-        taken.add_peer(&peer, index);
+        taken.add_peer(Cow::Owned(peer.name.clone()), peer.public_key, index);
         peers.push(peer);
         seen.push(lines);
     }
@@ -794,7 +805,7 @@ fn at_line(line: Option<usize>) -> String {
 /// `name` is not used by an earlier peer. `lines` locates those peers in the file.
 fn check_unique_name(
     name: &str,
-    taken: &Taken,
+    taken: &Taken<'_>,
     lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
     let Some(&other) = taken.names.get(name) else {
@@ -814,7 +825,7 @@ fn check_public_key(
     key: &PublicKey,
     own: Option<&PublicKey>,
     earlier: &[Peer],
-    taken: &Taken,
+    taken: &Taken<'_>,
     lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
     if Some(key) == own {
@@ -841,7 +852,7 @@ fn check_allowed_ip(
     cidr: &Cidr,
     peer: usize,
     earlier: &[Peer],
-    taken: &Taken,
+    taken: &Taken<'_>,
     lines: Option<&FileLines<'_>>,
 ) -> Result<(), String> {
     if cidr.has_host_bits() {
@@ -913,7 +924,7 @@ fn later_of<'k, T>(
 struct Earlier<'a> {
     peers: &'a [Peer],
     lines: FileLines<'a>,
-    taken: &'a mut Taken,
+    taken: &'a mut Taken<'static>,
 }
 
 fn build_peer(

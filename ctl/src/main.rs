@@ -33,11 +33,11 @@ fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Genkey => {
             warn_if_stdout_is_readable_by_others();
-            println!("{}", PrivateKey::generate().expose_base64());
+            emit(&format!("{}\n", PrivateKey::generate().expose_base64()))?;
         }
         Command::Genpsk => {
             warn_if_stdout_is_readable_by_others();
-            println!("{}", PresharedKey::generate().expose_base64());
+            emit(&format!("{}\n", PresharedKey::generate().expose_base64()))?;
         }
         Command::Pubkey => {
             let mut text = String::new();
@@ -49,7 +49,7 @@ fn run(args: Args) -> Result<()> {
                 .trim()
                 .parse()
                 .map_err(|e| anyhow::anyhow!("stdin does not hold a private key: {e}"))?;
-            println!("{}", key.public_key());
+            emit(&format!("{}\n", key.public_key()))?;
         }
         Command::Peer(cmd) => change(args.interface.as_ref(), peer_request(cmd)?)?,
         Command::Reload => change(args.interface.as_ref(), Request::Reload)?,
@@ -58,15 +58,25 @@ fn run(args: Args) -> Result<()> {
             let socket = socket_path(args.interface.as_ref())?;
             let value = request(&socket, &Request::Show)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                emit(&(serde_json::to_string_pretty(&value)? + "\n"))?;
             } else {
                 let status: Status = serde_json::from_value(value)
                     .context("the daemon's status does not match this sitelinkctl's version")?;
-                print!("{}", render(&status, SystemTime::now()));
+                emit(&render(&status, SystemTime::now()))?;
             }
         }
     }
     Ok(())
+}
+
+/// Writes `text` to stdout. A reader that went away (`sitelinkctl show | head`) is not an
+/// error: there is nobody left to tell.
+fn emit(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
 }
 
 /// Sends a change and prints the daemon's summary.
@@ -74,9 +84,9 @@ fn change(interface: Option<&InterfaceName>, request: Request) -> Result<()> {
     let socket = socket_path(interface)?;
     let reply: ChangeReply = serde_json::from_value(self::request(&socket, &request)?)
         .context("the daemon's reply does not match this sitelinkctl's version")?;
-    println!("{}", reply.summary);
+    emit(&format!("{}\n", reply.summary))?;
     if let Some(path) = reply.saved {
-        println!("saved to {path}");
+        emit(&format!("saved to {path}\n"))?;
     }
     Ok(())
 }

@@ -17,13 +17,14 @@
 //! engine peer ids, DNS resolution tasks for host-name endpoints. Doesn't own: packets (the
 //! data plane) or the socket protocols.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sitelink_config::{Cidr, Config, Endpoint, Interface, Peer, PrivateKey, PublicKey};
 use sitelink_engine::{Engine, PeerId, PeerSpec};
@@ -44,10 +45,12 @@ pub struct State {
     /// The packet loop's commands and wake-up.
     pub plane: dataplane::Handle,
     netlink: Netlink,
+    /// The routes and rules `config` asks for (what the kernel has, as far as we made it).
+    routing: Routing,
     /// Another handle on the packet loop's UDP socket, to change its mark.
     socket: UdpSocket,
-    ids: HashMap<PublicKey, PeerId>,
-    resolvers: HashMap<PublicKey, JoinHandle<()>>,
+    ids: FxHashMap<PublicKey, PeerId>,
+    resolvers: FxHashMap<PublicKey, JoinHandle<()>>,
     /// The private key reloads use when the key file is not readable any more (after
     /// dropping privileges).
     pub key_fallback: Option<PrivateKey>,
@@ -177,9 +180,10 @@ impl State {
             fwmark: None,
             plane,
             netlink,
+            routing: Routing::default(),
             socket,
-            ids: HashMap::new(),
-            resolvers: HashMap::new(),
+            ids: FxHashMap::default(),
+            resolvers: FxHashMap::default(),
             key_fallback: None,
         };
         match state.apply(config).await {
@@ -226,7 +230,8 @@ impl State {
         if mark_changed && new_socket.is_none() {
             udp::set_mark(&self.socket, new_mark)?;
         }
-        let change = self.kernel_change(&new, &mut summary);
+        let routing = Routing::of(new_if, &new.peers);
+        let change = self.kernel_change(&new, &routing, &mut summary);
         let warnings = match self.netlink.apply(&change).await {
             Ok(warnings) => warnings,
             Err(e) => {
@@ -261,19 +266,18 @@ impl State {
             summary.private_key_changed = true;
         }
         self.apply_peers(&new.peers, &mut summary);
-        self.config = new;
+        let old = std::mem::replace(&mut self.config, new);
+        self.routing = routing;
+        release(old);
         Ok(summary)
     }
 
     /// The kernel side of going from the current config to `new`, noted in `summary`.
-    fn kernel_change(&self, new: &Config, summary: &mut Summary) -> Change {
+    fn kernel_change(&self, new: &Config, routing: &Routing, summary: &mut Summary) -> Change {
         let (old_if, new_if) = (&self.config.interface, &new.interface);
         let old_addrs: BTreeSet<Cidr> = old_if.addresses.iter().copied().collect();
         let new_addrs: BTreeSet<Cidr> = new_if.addresses.iter().copied().collect();
-        let routing = RoutingDiff::between(
-            &Routing::of(old_if, &self.config.peers),
-            &Routing::of(new_if, &new.peers),
-        );
+        let routing = RoutingDiff::between(&self.routing, routing);
         let change = Change {
             mtu: (new_if.mtu != old_if.mtu).then_some((old_if.mtu, new_if.mtu)),
             add_addresses: new_addrs.difference(&old_addrs).copied().collect(),
@@ -303,25 +307,42 @@ impl State {
     }
 
     /// Brings the engine's peers in line with `peers` (already validated, so nothing here can
-    /// be refused).
+    /// be refused). Peers are matched by public key; the common case (a change that adds,
+    /// removes or edits a few peers and keeps the others in place) is matched by position,
+    /// without building an index of thousands of peers.
     fn apply_peers(&mut self, peers: &[Peer], summary: &mut Summary) {
-        let old: HashMap<PublicKey, &Peer> = self
-            .config
-            .peers
+        let old_peers = std::mem::take(&mut self.config.peers);
+        let mut matched = vec![false; old_peers.len()];
+        let mut index: Option<FxHashMap<PublicKey, usize>> = None;
+        let mut before_of = |i: usize, key: &PublicKey| -> Option<usize> {
+            if old_peers.get(i).is_some_and(|p| p.public_key == *key) {
+                return Some(i);
+            }
+            index
+                .get_or_insert_with(|| {
+                    old_peers
+                        .iter()
+                        .enumerate()
+                        .map(|(at, p)| (p.public_key, at))
+                        .collect()
+                })
+                .get(key)
+                .copied()
+        };
+        let befores: Vec<Option<usize>> = peers
             .iter()
-            .map(|p| (p.public_key, p))
+            .enumerate()
+            .map(|(i, p)| before_of(i, &p.public_key))
             .collect();
-        let new_keys: std::collections::HashSet<PublicKey> =
-            peers.iter().map(|p| p.public_key).collect();
+        for at in befores.iter().flatten() {
+            matched[*at] = true;
+        }
 
         let mut to_resolve = Vec::new();
         {
             let engine = Arc::clone(&self.engine);
             let mut engine = dataplane::lock(&engine);
-            for peer in &self.config.peers {
-                if new_keys.contains(&peer.public_key) {
-                    continue;
-                }
+            for (peer, _) in old_peers.iter().zip(&matched).filter(|(_, m)| !**m) {
                 if let Some(id) = self.ids.remove(&peer.public_key) {
                     engine.remove_peer(id);
                 }
@@ -330,8 +351,8 @@ impl State {
                 }
                 summary.peers_removed.push(peer.name.clone());
             }
-            for peer in peers {
-                match old.get(&peer.public_key) {
+            for (peer, before) in peers.iter().zip(befores) {
+                match before.map(|at| &old_peers[at]) {
                     None => match engine.add_peer(spec(peer)) {
                         Ok(id) => {
                             self.ids.insert(peer.public_key, id);
@@ -365,6 +386,7 @@ impl State {
                 }
             }
         }
+        self.config.peers = old_peers;
         for (id, peer) in to_resolve {
             if let Some(endpoint) = peer.endpoint.clone() {
                 let task = tokio::spawn(resolve_endpoint(
@@ -411,6 +433,15 @@ impl State {
     pub fn lock_engine(&self) -> MutexGuard<'_, Engine> {
         dataplane::lock(&self.engine)
     }
+}
+
+/// Frees a replaced configuration. Tens of thousands of peers take milliseconds to free, which
+/// a change's reply need not wait for: that happens on a blocking-pool thread then.
+fn release(old: Config) {
+    if old.peers.len() < 1000 {
+        return;
+    }
+    tokio::task::spawn_blocking(move || drop(old));
 }
 
 /// With a default route through the tunnel, a strict reverse-path filter drops the peer's
