@@ -118,7 +118,13 @@ fn wg_setconf_and_syncconf_with_nested_prefixes_100k_allowed_ips_and_no_key() {
     assert!(sites
         .host_a
         .ping_until("198.19.2.10", Duration::from_secs(5)));
-    assert_eq!(handshake(&sites), first);
+    assert_eq!(
+        handshake(&sites),
+        first,
+        "{}\n---\n{}",
+        pair.gw_a.log_text(),
+        pair.gw_b.log_text()
+    );
 
     // Back to the small config: the big peer and its routes go.
     let file = sites.dir.write("nested.conf", &nested, 0o600);

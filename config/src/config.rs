@@ -24,8 +24,9 @@ use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use foldhash::HashMap;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -43,8 +44,10 @@ pub struct Config {
     pub path: PathBuf,
     /// The `[interface]` table.
     pub interface: Interface,
-    /// The `[[peer]]` tables, in file order. May be empty.
-    pub peers: Vec<Peer>,
+    /// The `[[peer]]` tables, in file order. May be empty. Shared (`Arc`): a change copies
+    /// the list, not the peers, so peers it leaves alone stay the same allocation — which is
+    /// also how the daemon tells them unchanged without comparing them.
+    pub peers: Vec<Arc<Peer>>,
 }
 
 /// The local end: `[interface]`.
@@ -84,7 +87,7 @@ impl Interface {
     /// The fwmark the UDP socket carries: `fwmark`, or with `table = "auto"` and a default
     /// route (`0.0.0.0/0` or `::/0`) among `peers`' allowed-ips, [`DEFAULT_TABLE`], as wg-quick
     /// does. `None`: no mark.
-    pub fn effective_fwmark(&self, peers: &[Peer]) -> Option<u32> {
+    pub fn effective_fwmark(&self, peers: &[Arc<Peer>]) -> Option<u32> {
         self.fwmark.or_else(|| {
             (self.table == RouteTable::Auto && has_default_route(peers)).then_some(DEFAULT_TABLE)
         })
@@ -119,7 +122,7 @@ impl std::fmt::Display for RouteTable {
 }
 
 /// Whether some peer routes `0.0.0.0/0` or `::/0`.
-pub fn has_default_route(peers: &[Peer]) -> bool {
+pub fn has_default_route(peers: &[Arc<Peer>]) -> bool {
     peers
         .iter()
         .any(|p| p.allowed_ips.iter().any(|c| c.prefix_len() == 0))
@@ -155,6 +158,11 @@ impl Peer {
 }
 
 impl Config {
+    /// Peer `index` for changing (copied first if another config shares it).
+    pub fn peer_mut(&mut self, index: usize) -> &mut Peer {
+        Arc::make_mut(&mut self.peers[index])
+    }
+
     /// Reads, permission-checks, parses and validates the config file at `path`.
     ///
     /// On top of [`Config::parse`], refuses a file that holds an inline `private-key` or
@@ -218,6 +226,36 @@ impl Config {
     /// allowed-ips: 198.19.2.0/24 is also in the allowed-ips of peer "site-b"; ...`. Key files
     /// are not read again. Linear in the number of peers and prefixes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_interface()?;
+        let own_public_key = self.interface.public_key();
+        let mut taken = Taken::with_capacity(self.peers.len());
+        for (index, peer) in self.peers.iter().enumerate() {
+            if let Err(message) = check_peer_name(&peer.name) {
+                let scope = Scope::Peer { index, name: None };
+                return Err(ConfigError::live(scope, "name", message));
+            }
+            let err = |key: &str, message: String| ConfigError::live_peer(&peer.name, key, message);
+            let earlier = &self.peers[..index];
+            check_unique_name(taken.name_holder(&peer.name, earlier, None))
+                .map_err(|m| err("name", m))?;
+            let holder = taken.key_holder(&peer.public_key, earlier, None);
+            check_public_key(&peer.public_key, own_public_key.as_ref(), holder)
+                .map_err(|m| err("public-key", m))?;
+            for (at, cidr) in peer.allowed_ips.iter().enumerate() {
+                check_allowed_ip(cidr, taken.prefix_holder(cidr, index, earlier, None))
+                    .map_err(|m| err("allowed-ips", m))?;
+                taken.prefixes.insert(*cidr, (index, at));
+            }
+            if let Some(seconds) = peer.persistent_keepalive {
+                check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
+            }
+            taken.add_peer(Cow::Borrowed(&peer.name), peer.public_key, index);
+        }
+        Ok(())
+    }
+
+    /// The `[interface]` part of [`Config::validate`].
+    pub(crate) fn validate_interface(&self) -> Result<(), ConfigError> {
         let iface = &self.interface;
         let err = |key: &str, message: String| ConfigError::live(Scope::Interface, key, message);
         if let Some(port) = iface.listen_port {
@@ -236,37 +274,7 @@ impl Config {
         if let Some(mark) = iface.fwmark {
             check_fwmark(mark.into()).map_err(|m| err("fwmark", m))?;
         }
-        check_table(&iface.table).map_err(|m| err("table", m))?;
-
-        let own_public_key = iface.public_key();
-        let mut taken = Taken::with_capacity(self.peers.len());
-        for (index, peer) in self.peers.iter().enumerate() {
-            if let Err(message) = check_peer_name(&peer.name) {
-                let scope = Scope::Peer { index, name: None };
-                return Err(ConfigError::live(scope, "name", message));
-            }
-            let err = |key: &str, message: String| ConfigError::live_peer(&peer.name, key, message);
-            let earlier = &self.peers[..index];
-            check_unique_name(&peer.name, &taken, None).map_err(|m| err("name", m))?;
-            check_public_key(
-                &peer.public_key,
-                own_public_key.as_ref(),
-                earlier,
-                &taken,
-                None,
-            )
-            .map_err(|m| err("public-key", m))?;
-            for (at, cidr) in peer.allowed_ips.iter().enumerate() {
-                check_allowed_ip(cidr, index, earlier, &taken, None)
-                    .map_err(|m| err("allowed-ips", m))?;
-                taken.prefixes.insert(*cidr, (index, at));
-            }
-            if let Some(seconds) = peer.persistent_keepalive {
-                check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
-            }
-            taken.add_peer(Cow::Borrowed(&peer.name), peer.public_key, index);
-        }
-        Ok(())
+        check_table(&iface.table).map_err(|m| err("table", m))
     }
 }
 
@@ -276,17 +284,69 @@ impl Config {
 /// path every live change takes) and owned while a file is parsed.
 #[derive(Default)]
 struct Taken<'a> {
-    names: FxHashMap<Cow<'a, str>, usize>,
-    keys: FxHashMap<PublicKey, usize>,
-    prefixes: FxHashMap<Cidr, (usize, usize)>,
+    names: HashMap<Cow<'a, str>, usize>,
+    keys: HashMap<PublicKey, usize>,
+    prefixes: HashMap<Cidr, (usize, usize)>,
 }
 
 impl<'a> Taken<'a> {
+    fn name_holder<'p>(
+        &self,
+        name: &str,
+        peers: &'p [Arc<Peer>],
+        lines: Option<&FileLines<'_>>,
+    ) -> Option<Holder<'p>> {
+        let &other = self.names.get(name)?;
+        Some(Holder {
+            name: &peers[other].name,
+            line: lines.map(|l| l.line(l.peers[other].name)),
+            same_peer: false,
+        })
+    }
+
+    fn key_holder<'p>(
+        &self,
+        key: &PublicKey,
+        peers: &'p [Arc<Peer>],
+        lines: Option<&FileLines<'_>>,
+    ) -> Option<Holder<'p>> {
+        let &other = self.keys.get(key)?;
+        Some(Holder {
+            name: &peers[other].name,
+            line: lines.map(|l| l.line(l.peers[other].public_key)),
+            same_peer: false,
+        })
+    }
+
+    /// Who has `cidr` already, for peer number `peer` (which may be `peers.len()`: not pushed
+    /// yet, while a file is parsed).
+    fn prefix_holder<'p>(
+        &self,
+        cidr: &Cidr,
+        peer: usize,
+        peers: &'p [Arc<Peer>],
+        lines: Option<&FileLines<'_>>,
+    ) -> Option<Holder<'p>> {
+        let &(owner, at) = self.prefixes.get(cidr)?;
+        if owner == peer {
+            return Some(Holder {
+                name: "",
+                line: None,
+                same_peer: true,
+            });
+        }
+        Some(Holder {
+            name: &peers[owner].name,
+            line: lines.map(|l| l.line(l.peers[owner].allowed_ips[at])),
+            same_peer: false,
+        })
+    }
+
     fn with_capacity(peers: usize) -> Self {
         Self {
-            names: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
-            keys: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
-            prefixes: FxHashMap::with_capacity_and_hasher(peers, Default::default()),
+            names: HashMap::with_capacity_and_hasher(peers, Default::default()),
+            keys: HashMap::with_capacity_and_hasher(peers, Default::default()),
+            prefixes: HashMap::with_capacity_and_hasher(peers, Default::default()),
         }
     }
 
@@ -432,7 +492,7 @@ fn parse_config(
     let interface = build_interface(&source, raw.interface, &mut inline_secret, credential)?;
     let own_public_key = interface.public_key();
 
-    let mut peers: Vec<Peer> = Vec::with_capacity(raw.peer.len());
+    let mut peers: Vec<Arc<Peer>> = Vec::with_capacity(raw.peer.len());
     // Per accepted peer: where its `name`, `public-key` and allowed-ips are.
     let mut seen: Vec<PeerLines> = Vec::with_capacity(raw.peer.len());
     let mut taken = Taken::with_capacity(raw.peer.len());
@@ -454,7 +514,7 @@ fn parse_config(
             &mut inline_secret,
         )?;
         taken.add_peer(Cow::Owned(peer.name.clone()), peer.public_key, index);
-        peers.push(peer);
+        peers.push(Arc::new(peer));
         seen.push(lines);
     }
 
@@ -802,17 +862,22 @@ fn at_line(line: Option<usize>) -> String {
         .unwrap_or_default()
 }
 
-/// `name` is not used by an earlier peer. `lines` locates those peers in the file.
-fn check_unique_name(
-    name: &str,
-    taken: &Taken<'_>,
-    lines: Option<&FileLines<'_>>,
-) -> Result<(), String> {
-    let Some(&other) = taken.names.get(name) else {
+/// Another peer that already has a name, public key or prefix being checked: its name, its
+/// line in the file (`None` for a live change), and whether it is the very peer being checked
+/// (a prefix listed twice).
+pub(crate) struct Holder<'a> {
+    pub name: &'a str,
+    pub line: Option<usize>,
+    pub same_peer: bool,
+}
+
+/// `name` is not used by another peer (`holder`, if one does).
+pub(crate) fn check_unique_name(holder: Option<Holder<'_>>) -> Result<(), String> {
+    let Some(holder) = holder else {
         return Ok(());
     };
-    let user = match lines {
-        Some(lines) => format!("line {}", lines.line(lines.peers[other].name)),
+    let user = match holder.line {
+        Some(line) => format!("line {line}"),
         None => "another peer".to_owned(),
     };
     Err(format!(
@@ -820,13 +885,11 @@ fn check_unique_name(
     ))
 }
 
-/// `key` is not the interface's own and not used by a peer in `earlier`.
-fn check_public_key(
+/// `key` is not the interface's own and not another peer's (`holder`).
+pub(crate) fn check_public_key(
     key: &PublicKey,
     own: Option<&PublicKey>,
-    earlier: &[Peer],
-    taken: &Taken<'_>,
-    lines: Option<&FileLines<'_>>,
+    holder: Option<Holder<'_>>,
 ) -> Result<(), String> {
     if Some(key) == own {
         return Err(
@@ -835,48 +898,42 @@ fn check_public_key(
                 .into(),
         );
     }
-    if let Some(&other) = taken.keys.get(key) {
+    if let Some(holder) = holder {
         return Err(format!(
             "peer {:?}{} already has this public key; each peer needs its own",
-            earlier[other].name,
-            at_line(lines.map(|l| l.line(l.peers[other].public_key)))
+            holder.name,
+            at_line(holder.line)
         ));
     }
     Ok(())
 }
 
-/// `cidr` is the next allowed-ip of peer number `peer`: no host bits, not already one of its
-/// own, and not another peer's too. Prefixes of different peers may nest (routing picks the
-/// longest match); only the same prefix twice is ambiguous.
-fn check_allowed_ip(
-    cidr: &Cidr,
-    peer: usize,
-    earlier: &[Peer],
-    taken: &Taken<'_>,
-    lines: Option<&FileLines<'_>>,
-) -> Result<(), String> {
+/// `cidr` is the next allowed-ip of a peer: no host bits, and not had already (`holder`) by
+/// this peer or another. Prefixes of different peers may nest (routing picks the longest
+/// match); only the same prefix twice is ambiguous.
+pub(crate) fn check_allowed_ip(cidr: &Cidr, holder: Option<Holder<'_>>) -> Result<(), String> {
     if cidr.has_host_bits() {
         return Err(format!(
             "{cidr} has host bits set; did you mean {}?",
             cidr.network()
         ));
     }
-    let Some(&(owner, at)) = taken.prefixes.get(cidr) else {
+    let Some(holder) = holder else {
         return Ok(());
     };
-    if owner == peer {
+    if holder.same_peer {
         return Err(format!("{cidr} is listed twice; remove one"));
     }
     Err(format!(
         "{cidr} is also in the allowed-ips of peer {:?}{}; a prefix can belong to one peer only, \
          so remove it from one of them (prefixes may nest, e.g. 198.19.0.0/16 on a hub and \
          198.19.2.0/24 on a branch: the longest match wins)",
-        earlier[owner].name,
-        at_line(lines.map(|l| l.line(l.peers[owner].allowed_ips[at])))
+        holder.name,
+        at_line(holder.line)
     ))
 }
 
-fn check_keepalive(seconds: i128) -> Result<u16, String> {
+pub(crate) fn check_keepalive(seconds: i128) -> Result<u16, String> {
     if seconds == 0 {
         return Err("0 is not allowed; omit the key to disable keepalives".into());
     }
@@ -922,7 +979,7 @@ fn later_of<'k, T>(
 /// The peers before the one being built: the peers, where they are in the file, and what
 /// they use (the new peer's prefixes are added to `taken` as they pass).
 struct Earlier<'a> {
-    peers: &'a [Peer],
+    peers: &'a [Arc<Peer>],
     lines: FileLines<'a>,
     taken: &'a mut Taken<'static>,
 }
@@ -953,19 +1010,14 @@ fn build_peer(
     let err = |span: Range<usize>, key: &str, message: String| {
         source.error(span, scope.clone(), key, message)
     };
-    check_unique_name(name, taken, Some(&earlier_lines))
+    check_unique_name(taken.name_holder(name, earlier, Some(&earlier_lines)))
         .map_err(|message| err(raw.name.span(), "name", message))?;
 
     let public_key = parse_key::<PublicKey>(raw.public_key.get_ref(), KeyKind::Public)
         .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
-    check_public_key(
-        &public_key,
-        own_public_key,
-        earlier,
-        taken,
-        Some(&earlier_lines),
-    )
-    .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
+    let holder = taken.key_holder(&public_key, earlier, Some(&earlier_lines));
+    check_public_key(&public_key, own_public_key, holder)
+        .map_err(|message| err(raw.public_key.span(), "public-key", message))?;
 
     let preshared_key = match (&raw.preshared_key, &raw.preshared_key_file) {
         (Some(inline), Some(file)) => {
@@ -1018,7 +1070,8 @@ fn build_peer(
                 format!("{e}; expected a network such as \"198.19.2.0/24\" or \"fd19:2::/64\""),
             )
         })?;
-        check_allowed_ip(&cidr, index, earlier, taken, Some(&earlier_lines))
+        let holder = taken.prefix_holder(&cidr, index, earlier, Some(&earlier_lines));
+        check_allowed_ip(&cidr, holder)
             .map_err(|message| err(span.clone(), "allowed-ips", message))?;
         taken.prefixes.insert(cidr, (index, allowed_ips.len()));
         allowed_lines.push(span.start);
@@ -1054,7 +1107,7 @@ fn build_peer(
 }
 
 /// Peer names appear in logs, status output and metrics labels: keep them plain.
-fn check_peer_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_peer_name(name: &str) -> Result<(), String> {
     const RULE: &str = "use 1-63 letters, digits, `.`, `_` or `-`, e.g. \"site-b\"";
     if name.is_empty() {
         return Err(format!("peer name is empty; {RULE}"));

@@ -37,6 +37,7 @@ mod config;
 pub mod control;
 mod endpoint;
 mod error;
+mod index;
 mod key;
 mod name;
 pub mod save;
@@ -50,6 +51,7 @@ pub use config::{
 };
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;
+pub use index::{Delta, PeerIndex};
 pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use name::{InterfaceName, InterfaceNameError};
 

@@ -16,6 +16,9 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Key, Table, Value};
 
@@ -91,7 +94,7 @@ const PEER_KEYS: [&str; 7] = [
 /// Makes the document's `[[peer]]` tables say what `peers` says.
 fn edit_peers(
     doc: &mut DocumentMut,
-    peers: &[Peer],
+    peers: &[Arc<Peer>],
     target: &Target<'_>,
 ) -> Result<(), ConfigError> {
     let root = doc.as_table_mut();
@@ -146,14 +149,25 @@ fn edit_peers(
 
 /// For each table, the index of the peer it belongs to: the first table with a peer's name,
 /// else (a renamed peer) the first remaining table with its public key.
-fn match_tables(tables: &ArrayOfTables, peers: &[Peer]) -> Vec<Option<usize>> {
+fn match_tables(tables: &ArrayOfTables, peers: &[Arc<Peer>]) -> Vec<Option<usize>> {
+    // Names and keys are unique among validated peers: one index each, looked up per table.
+    let by_name: HashMap<&str, usize> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let by_key: HashMap<PublicKey, usize> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.public_key, i))
+        .collect();
     let mut owners: Vec<Option<usize>> = vec![None; tables.len()];
     let mut placed = vec![false; peers.len()];
     for (owner, table) in owners.iter_mut().zip(tables.iter()) {
         let Some(name) = table.get("name").and_then(Item::as_str) else {
             continue;
         };
-        if let Some(index) = (0..peers.len()).find(|&i| !placed[i] && peers[i].name == name) {
+        if let Some(&index) = by_name.get(name).filter(|&&i| !placed[i]) {
             *owner = Some(index);
             placed[index] = true;
         }
@@ -165,7 +179,7 @@ fn match_tables(tables: &ArrayOfTables, peers: &[Peer]) -> Vec<Option<usize>> {
         let Some(key) = parsed::<PublicKey>(table.get("public-key")) else {
             continue;
         };
-        if let Some(index) = (0..peers.len()).find(|&i| !placed[i] && peers[i].public_key == key) {
+        if let Some(&index) = by_key.get(&key).filter(|&&i| !placed[i]) {
             *owner = Some(index);
             placed[index] = true;
         }

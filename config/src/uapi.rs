@@ -26,7 +26,9 @@
 //! Replies carry Linux errno values, negated as wireguard-go sends them (`errno=-22`); wg(8)
 //! negates them back and prints `strerror`.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, Read as _};
 use std::net::SocketAddr;
@@ -658,9 +660,10 @@ pub fn apply_set(current: &Config, set: &DeviceSet) -> Result<Config, UapiError>
 }
 
 /// The peer list while a set is applied. Removed peers stay in `slots` (marked dead) so that
-/// indexes stay valid; allowed-ips are owned through `owner`, and a peer's own list may hold
-/// stale or repeated entries until [`Peers::finish`] filters it. Every step is a hash lookup,
-/// so a request of many thousands of lines costs linear time.
+/// indexes stay valid; allowed-ips are owned through `owner`, and a touched peer's own list may
+/// hold stale or repeated entries until [`Peers::finish`] filters it. Every step is a hash
+/// lookup, so a request of many thousands of lines costs linear time; peers the request does
+/// not touch stay the very `Arc` they were, so the daemon sees at once that they are unchanged.
 struct Peers<'c> {
     slots: Vec<Slot>,
     by_key: HashMap<PublicKey, usize>,
@@ -672,18 +675,21 @@ struct Peers<'c> {
 }
 
 struct Slot {
-    peer: Peer,
+    peer: Arc<Peer>,
     live: bool,
+    /// Changed by the request (its allowed-ips need filtering in `finish`).
+    touched: bool,
 }
 
 impl<'c> Peers<'c> {
     fn new(current: &'c Config, replace: bool) -> Self {
+        let n = current.peers.len();
         let mut peers = Peers {
-            slots: Vec::with_capacity(current.peers.len()),
-            by_key: HashMap::with_capacity(current.peers.len()),
-            owner: HashMap::new(),
-            names: HashSet::with_capacity(current.peers.len()),
-            previous: current.peers.iter().map(|p| (p.public_key, p)).collect(),
+            slots: Vec::with_capacity(n),
+            by_key: HashMap::with_capacity_and_hasher(n, Default::default()),
+            owner: HashMap::default(),
+            names: HashSet::with_capacity_and_hasher(n, Default::default()),
+            previous: current.peers.iter().map(|p| (p.public_key, &**p)).collect(),
         };
         if replace {
             return peers;
@@ -696,8 +702,9 @@ impl<'c> Peers<'c> {
                 peers.owner.insert(*cidr, slot);
             }
             peers.slots.push(Slot {
-                peer: peer.clone(),
+                peer: Arc::clone(peer),
                 live: true,
+                touched: false,
             });
         }
         peers
@@ -705,6 +712,13 @@ impl<'c> Peers<'c> {
 
     fn slot_of(&self, key: &PublicKey) -> Option<usize> {
         self.by_key.get(key).copied()
+    }
+
+    /// Peer `slot` for changing.
+    fn peer_mut(&mut self, slot: usize) -> &mut Peer {
+        let entry = &mut self.slots[slot];
+        entry.touched = true;
+        Arc::make_mut(&mut entry.peer)
     }
 
     fn remove(&mut self, key: &PublicKey) {
@@ -727,7 +741,7 @@ impl<'c> Peers<'c> {
         self.by_key.insert(key, slot);
         self.names.insert(name.clone());
         self.slots.push(Slot {
-            peer: Peer {
+            peer: Arc::new(Peer {
                 name,
                 public_key: key,
                 preshared_key: None,
@@ -735,8 +749,9 @@ impl<'c> Peers<'c> {
                 endpoint: None,
                 allowed_ips: Vec::new(),
                 persistent_keepalive: None,
-            },
+            }),
             live: true,
+            touched: true,
         });
         slot
     }
@@ -756,7 +771,7 @@ impl<'c> Peers<'c> {
     }
 
     fn clear_allowed_ips(&mut self, slot: usize) {
-        for cidr in std::mem::take(&mut self.slots[slot].peer.allowed_ips) {
+        for cidr in std::mem::take(&mut self.peer_mut(slot).allowed_ips) {
             if self.owner.get(&cidr) == Some(&slot) {
                 self.owner.remove(&cidr);
             }
@@ -765,8 +780,7 @@ impl<'c> Peers<'c> {
 
     fn update(&mut self, slot: usize, entry: &PeerSet) {
         if let Some(psk) = &entry.preshared_key {
-            let previous = self.previous.get(&entry.public_key);
-            let peer = &mut self.slots[slot].peer;
+            let previous = self.previous.get(&entry.public_key).copied();
             let file = previous.and_then(|old| {
                 let same = match (psk, &old.preshared_key) {
                     (Some(new), Some(old_key)) => new.as_bytes() == old_key.as_bytes(),
@@ -774,10 +788,11 @@ impl<'c> Peers<'c> {
                 };
                 same.then(|| old.preshared_key_file.clone()).flatten()
             });
+            let peer = self.peer_mut(slot);
             peer.preshared_key = psk.clone();
             peer.preshared_key_file = file;
         }
-        let peer = &mut self.slots[slot].peer;
+        let peer = self.peer_mut(slot);
         if let Some(endpoint) = &entry.endpoint {
             peer.endpoint = Some(endpoint.clone());
         }
@@ -790,8 +805,15 @@ impl<'c> Peers<'c> {
         for &(add, cidr) in &entry.allowed_ips {
             let cidr = cidr.network();
             if add {
-                if self.owner.insert(cidr, slot) != Some(slot) {
-                    self.slots[slot].peer.allowed_ips.push(cidr);
+                match self.owner.insert(cidr, slot) {
+                    Some(owner) if owner == slot => {}
+                    moved_from => {
+                        // The previous owner's list now holds a stale entry.
+                        if let Some(other) = moved_from {
+                            self.slots[other].touched = true;
+                        }
+                        self.peer_mut(slot).allowed_ips.push(cidr);
+                    }
                 }
             } else if self.owner.get(&cidr) == Some(&slot) {
                 self.owner.remove(&cidr);
@@ -800,8 +822,8 @@ impl<'c> Peers<'c> {
     }
 
     /// The live peers in order (existing ones first, as they were, then new ones), each with
-    /// the allowed-ips it still owns, once each.
-    fn finish(self) -> Vec<Peer> {
+    /// the allowed-ips it still owns, once each. Untouched peers are passed on as they were.
+    fn finish(self) -> Vec<Arc<Peer>> {
         let owner = self.owner;
         self.slots
             .into_iter()
@@ -809,9 +831,12 @@ impl<'c> Peers<'c> {
             .filter(|(_, slot)| slot.live)
             .map(|(index, slot)| {
                 let mut peer = slot.peer;
-                let mut seen = HashSet::with_capacity(peer.allowed_ips.len());
-                peer.allowed_ips
-                    .retain(|cidr| owner.get(cidr) == Some(&index) && seen.insert(*cidr));
+                if slot.touched {
+                    let mut seen = HashSet::default();
+                    Arc::make_mut(&mut peer)
+                        .allowed_ips
+                        .retain(|cidr| owner.get(cidr) == Some(&index) && seen.insert(*cidr));
+                }
                 peer
             })
             .collect()
@@ -1634,7 +1659,7 @@ allowed-ips = ["198.19.3.0/24"]
         // A new private key whose public half is site-c's: wg drops that peer.
         let mut config = f.config.clone();
         let new = PrivateKey::from_bytes([0x48; 32]);
-        config.peers[1].public_key = new.public_key();
+        config.peer_mut(1).public_key = new.public_key();
         let text = format!("set=1\nprivate_key={}\n\n", hex(0x48));
         assert_eq!(names(&apply(&config, &text).unwrap()), ["site-b"]);
 
@@ -1705,8 +1730,8 @@ allowed-ips = ["198.19.3.0/24"]
     fn new_peer_names_avoid_taken_ones() {
         let f = fixture();
         let mut config = f.config.clone();
-        config.peers[0].name = "wg-e1e1e1e1".into();
-        config.peers[1].name = "wg-e1e1e1e1-2".into();
+        config.peer_mut(0).name = "wg-e1e1e1e1".into();
+        config.peer_mut(1).name = "wg-e1e1e1e1-2".into();
         let text = format!("set=1\npublic_key={}\n\n", hex(E));
         let config = apply(&config, &text).unwrap();
         assert_eq!(

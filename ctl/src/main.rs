@@ -12,9 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use sitelink_config::control::{
-    ChangeReply, PeerArgs, PeerChanges, PeerStatus, Request, Response, Status,
-};
+use sitelink_config::control::{ChangeReply, PeerArgs, PeerChanges, PeerStatus, Request, Status};
 use sitelink_config::{Cidr, InterfaceName, PresharedKey, PrivateKey};
 use sitelinkctl::cli::{Args, Command, PeerCommand};
 
@@ -56,12 +54,11 @@ fn run(args: Args) -> Result<()> {
         Command::Save => change(args.interface.as_ref(), Request::Save)?,
         Command::Show { json } => {
             let socket = socket_path(args.interface.as_ref())?;
-            let value = request(&socket, &Request::Show)?;
+            // Typed, not through serde_json::Value: a status of 10,000 peers is megabytes.
+            let status: Status = request(&socket, &Request::Show)?;
             if json {
-                emit(&(serde_json::to_string_pretty(&value)? + "\n"))?;
+                emit(&(serde_json::to_string_pretty(&status)? + "\n"))?;
             } else {
-                let status: Status = serde_json::from_value(value)
-                    .context("the daemon's status does not match this sitelinkctl's version")?;
                 emit(&render(&status, SystemTime::now()))?;
             }
         }
@@ -82,8 +79,7 @@ fn emit(text: &str) -> Result<()> {
 /// Sends a change and prints the daemon's summary.
 fn change(interface: Option<&InterfaceName>, request: Request) -> Result<()> {
     let socket = socket_path(interface)?;
-    let reply: ChangeReply = serde_json::from_value(self::request(&socket, &request)?)
-        .context("the daemon's reply does not match this sitelinkctl's version")?;
+    let reply: ChangeReply = self::request(&socket, &request)?;
     emit(&format!("{}\n", reply.summary))?;
     if let Some(path) = reply.saved {
         emit(&format!("saved to {path}\n"))?;
@@ -203,7 +199,8 @@ fn socket_path(interface: Option<&InterfaceName>) -> Result<PathBuf> {
     }
 }
 
-fn request(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+/// Sends `request` and parses the daemon's `ok` result (or reports its `error`).
+fn request<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let why = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
@@ -228,11 +225,24 @@ fn request(socket: &Path, request: &Request) -> Result<serde_json::Value> {
         sent.with_context(|| format!("cannot send to {}", socket.display()))?;
         read.with_context(|| format!("no reply from {}", socket.display()))?;
     }
-    match serde_json::from_str::<Response>(&reply)
-        .with_context(|| format!("malformed reply from {}", socket.display()))?
-    {
-        Response::Ok { ok } => Ok(ok),
-        Response::Err { error } => bail!("sitelinkd: {error}"),
+    #[derive(serde::Deserialize)]
+    struct Envelope<T> {
+        ok: Option<T>,
+        error: Option<String>,
+    }
+    let envelope: Envelope<T> = serde_json::from_str(&reply).with_context(|| {
+        format!(
+            "malformed reply from {} (does this sitelinkctl match the daemon's version?)",
+            socket.display()
+        )
+    })?;
+    match (envelope.ok, envelope.error) {
+        (_, Some(error)) => bail!("sitelinkd: {error}"),
+        (Some(ok), None) => Ok(ok),
+        (None, None) => bail!(
+            "malformed reply from {}: neither ok nor error",
+            socket.display()
+        ),
     }
 }
 

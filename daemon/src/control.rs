@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
 use sitelink_config::control::{
-    ChangeReply, InterfaceStatus, PeerArgs, PeerChanges, PeerStatus, Request, Response, Status,
-    MAX_REQUEST,
+    ChangeReply, InterfaceStatus, PeerArgs, PeerChanges, Request, Response, MAX_REQUEST,
 };
 use sitelink_config::{Cidr, Config, Endpoint, Peer, PublicKey};
+use sitelink_engine::{Engine, PeerView};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
@@ -158,7 +159,7 @@ async fn write_reply(
 async fn respond(request: Request, state: &Mutex<State>) -> Result<Vec<u8>> {
     let mut state = state.lock().await;
     let (summary, save) = match request {
-        Request::Show => return Ok(serde_json::to_vec(&status(&state))?),
+        Request::Show => return Ok(status_json(&state)?),
         Request::Reload => {
             let summary = state.reload().await?;
             tracing::info!(%summary, "reloaded");
@@ -167,7 +168,7 @@ async fn respond(request: Request, state: &Mutex<State>) -> Result<Vec<u8>> {
         Request::Save => (Summary::default(), true),
         Request::PeerAdd { peer, save } => {
             let mut new = state.config.clone();
-            new.peers.push(new_peer(&new, peer)?);
+            new.peers.push(Arc::new(new_peer(&new, peer)?));
             (change(&mut state, new).await?, save)
         }
         Request::PeerRemove { peer, save } => {
@@ -183,7 +184,7 @@ async fn respond(request: Request, state: &Mutex<State>) -> Result<Vec<u8>> {
         } => {
             let mut new = state.config.clone();
             let at = find_peer(&new, &name)?;
-            set_fields(&mut new.peers[at], changes, &state.config.path)?;
+            set_fields(new.peer_mut(at), changes, &state.config.path)?;
             (change(&mut state, new).await?, save)
         }
     };
@@ -303,8 +304,18 @@ where
     text.parse().map_err(|e| anyhow!("{what}: {text:?}: {e}"))
 }
 
-pub fn status(state: &State) -> Status {
+/// The `show` result (the [`Status`] schema) as JSON, written straight from the engine's peers:
+/// no owned copy of every name, key and prefix first (10,000 peers would be 40,000 allocations).
+fn status_json(state: &State) -> serde_json::Result<Vec<u8>> {
     let engine = state.lock_engine();
+    let view = StatusView {
+        interface: interface_status(state, &engine),
+        peers: PeersView(&engine),
+    };
+    serde_json::to_vec(&view)
+}
+
+fn interface_status(state: &State, engine: &Engine) -> InterfaceStatus {
     let c = engine.counters();
     let dropped = [
         ("no_route", c.no_route),
@@ -319,32 +330,63 @@ pub fn status(state: &State) -> Status {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let peers = engine
-        .peers()
-        .map(|p| PeerStatus {
-            name: p.name,
-            public_key: p.public_key.to_string(),
-            endpoint: p.endpoint.map(|e| e.to_string()),
-            allowed_ips: p.allowed_ips.iter().map(|c| c.to_string()).collect(),
-            latest_handshake: p.last_handshake.map(unix_seconds),
-            rx_bytes: p.rx_bytes,
-            tx_bytes: p.tx_bytes,
-            persistent_keepalive: p.persistent_keepalive,
-        })
-        .collect();
     let iface = &state.config.interface;
-    Status {
-        interface: InterfaceStatus {
-            name: iface.name.to_string(),
-            public_key: engine.public_key().map(|k| k.to_string()),
-            listen_port: state.listen_port,
-            addresses: iface.addresses.iter().map(|c| c.to_string()).collect(),
-            mtu: iface.mtu,
-            fwmark: state.fwmark,
-            table: iface.table.to_string(),
-            dropped,
-        },
-        peers,
+    InterfaceStatus {
+        name: iface.name.to_string(),
+        public_key: engine.public_key().map(|k| k.to_string()),
+        listen_port: state.listen_port,
+        addresses: iface.addresses.iter().map(|c| c.to_string()).collect(),
+        mtu: iface.mtu,
+        fwmark: state.fwmark,
+        table: iface.table.to_string(),
+        dropped,
+    }
+}
+
+/// [`Status`], borrowing the peers.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    interface: InterfaceStatus,
+    peers: PeersView<'a>,
+}
+
+struct PeersView<'a>(&'a Engine);
+
+impl Serialize for PeersView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.peer_views().map(PeerJson))
+    }
+}
+
+/// One [`PeerStatus`], written from the engine's view of the peer.
+struct PeerJson<'a>(PeerView<'a>);
+
+impl Serialize for PeerJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Prefixes<'p>(&'p [Cidr]);
+        impl Serialize for Prefixes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(Shown))
+            }
+        }
+        struct Shown<T>(T);
+        impl<T: std::fmt::Display> Serialize for Shown<T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+        let p = &self.0;
+        let mut out = s.serialize_struct("PeerStatus", 8)?;
+        out.serialize_field("name", p.name)?;
+        out.serialize_field("public_key", &Shown(p.public_key))?;
+        out.serialize_field("endpoint", &p.endpoint.map(Shown))?;
+        out.serialize_field("allowed_ips", &Prefixes(p.allowed_ips))?;
+        out.serialize_field("latest_handshake", &p.last_handshake.map(unix_seconds))?;
+        out.serialize_field("rx_bytes", &p.rx_bytes)?;
+        out.serialize_field("tx_bytes", &p.tx_bytes)?;
+        out.serialize_field("persistent_keepalive", &p.persistent_keepalive)?;
+        out.end()
     }
 }
 
@@ -358,5 +400,61 @@ fn unix_seconds(t: SystemTime) -> u64 {
 pub fn remove(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         tracing::debug!(path = %path.display(), error = %e, "socket already gone");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use sitelink_config::control::PeerStatus;
+    use sitelink_config::PrivateKey;
+    use sitelink_engine::{Instant, PeerSpec};
+
+    use super::*;
+
+    /// The borrowed writer produces exactly the documented `PeerStatus` schema.
+    #[test]
+    fn peers_json_is_the_status_schema() {
+        let mut engine = Engine::new(
+            Some(&PrivateKey::generate()),
+            Instant::now(),
+            SystemTime::now(),
+        );
+        for (i, endpoint) in [None, Some("198.18.0.2:51820"), Some("[fd18::2]:51820")]
+            .into_iter()
+            .enumerate()
+        {
+            engine
+                .add_peer(PeerSpec {
+                    name: format!("p{i}"),
+                    public_key: PrivateKey::generate().public_key(),
+                    preshared_key: None,
+                    endpoint: endpoint.map(|e| e.parse().unwrap()),
+                    allowed_ips: vec![
+                        "198.19.2.0/24".parse().unwrap(),
+                        "fd19:2::/64".parse().unwrap(),
+                    ],
+                    persistent_keepalive: (i == 1).then_some(25),
+                })
+                .unwrap();
+        }
+        let json = serde_json::to_vec(&PeersView(&engine)).unwrap();
+        let parsed: Vec<PeerStatus> = serde_json::from_slice(&json).unwrap();
+        let expected: Vec<PeerStatus> = engine
+            .peers()
+            .map(|p| PeerStatus {
+                name: p.name,
+                public_key: p.public_key.to_string(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(|c| c.to_string()).collect(),
+                latest_handshake: p.last_handshake.map(unix_seconds),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                persistent_keepalive: p.persistent_keepalive,
+            })
+            .collect();
+        assert_eq!(parsed, expected);
+        assert_eq!(parsed[2].endpoint.as_deref(), Some("[fd18::2]:51820"));
     }
 }

@@ -405,7 +405,7 @@ impl Netlink {
         to_message: impl Fn(&T) -> RouteNetlinkMessage,
         flags: u16,
         fine: &[i32],
-    ) -> io::Result<(Vec<T>, Vec<(T, KernelError)>)> {
+    ) -> io::Result<Sorted<T>> {
         if items.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -491,6 +491,9 @@ impl Netlink {
         format!("interface #{index}")
     }
 }
+
+/// Items a batch did, and those the kernel refused with its reason.
+type Sorted<T> = (Vec<T>, Vec<(T, KernelError)>);
 
 /// A route into interface `index`.
 fn route_message(index: u32, route: &Route) -> RouteMessage {

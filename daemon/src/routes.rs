@@ -20,8 +20,9 @@
 //! match.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use sitelink_config::{Cidr, Interface, Peer, RouteTable};
+use sitelink_config::{Cidr, Config, Delta, Interface, Peer, RouteTable};
 
 /// The kernel's main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -76,7 +77,7 @@ pub struct Routing {
 
 impl Routing {
     /// What `iface` and `peers` ask the kernel for.
-    pub fn of(iface: &Interface, peers: &[Peer]) -> Self {
+    pub fn of(iface: &Interface, peers: &[Arc<Peer>]) -> Self {
         let mut out = Routing::default();
         out.routes
             .reserve(peers.iter().map(|p| p.allowed_ips.len()).sum());
@@ -112,6 +113,72 @@ impl Routing {
         out.routes.sort_unstable();
         out.routes.dedup();
         out
+    }
+}
+
+impl Routing {
+    /// What the config asks for after a change, from what it asked for before (`self`, for
+    /// `old` with the socket mark `old_mark`): if the change moves no default route and leaves
+    /// `table` and the mark alone, only the changed peers' prefixes come and go, in time
+    /// proportional to the change; otherwise everything is worked out again.
+    pub fn after(
+        &self,
+        old: &Interface,
+        old_mark: Option<u32>,
+        new: &Config,
+        delta: &Delta<'_>,
+    ) -> Self {
+        let new_mark = new.interface.effective_fwmark(&new.peers);
+        let moves_default = delta
+            .fresh
+            .iter()
+            .map(|(_, p)| p)
+            .chain(&delta.gone)
+            .any(|p| p.allowed_ips.iter().any(|c| c.prefix_len() == 0));
+        let table = match new.interface.table {
+            RouteTable::Off => None,
+            RouteTable::Id(t) => Some(t),
+            RouteTable::Auto => Some(MAIN_TABLE),
+        };
+        if moves_default || old.table != new.interface.table || old_mark != new_mark {
+            return Routing::of(&new.interface, &new.peers);
+        }
+        let Some(table) = table else {
+            return self.clone();
+        };
+        let routes_of = |peers: &mut dyn Iterator<Item = &Arc<Peer>>| {
+            let mut v: Vec<Route> = peers
+                .flat_map(|p| p.allowed_ips.iter())
+                .map(|c| Route {
+                    table,
+                    cidr: c.network(),
+                })
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let added = routes_of(&mut delta.fresh.iter().map(|(_, p)| *p));
+        let removed = routes_of(&mut delta.gone.iter().copied());
+        // A prefix in both moved between peers (or stayed with a changed one): no change.
+        let (added, removed) = sorted_difference(&removed, &added);
+        let kept = sorted_difference(&removed, &self.routes).0;
+        let mut routes = Vec::with_capacity(kept.len() + added.len());
+        let (mut i, mut j) = (0, 0);
+        while i < kept.len() || j < added.len() {
+            if j == added.len() || (i < kept.len() && kept[i] < added[j]) {
+                routes.push(kept[i]);
+                i += 1;
+            } else {
+                routes.push(added[j]);
+                j += 1;
+            }
+        }
+        routes.dedup();
+        Routing {
+            routes,
+            rules: self.rules.clone(),
+        }
     }
 }
 
@@ -251,6 +318,52 @@ mod tests {
         assert!(r.rules.is_empty());
         let c = config("table = \"off\"", &[&["0.0.0.0/0", "198.19.2.0/24"]]);
         assert_eq!(routing(&c), Routing::default());
+    }
+
+    #[test]
+    fn after_a_change_equals_working_it_out_again() {
+        let base = config(
+            "",
+            &[
+                &["198.19.1.0/24"],
+                &["198.19.2.0/24", "fd19:2::/64"],
+                &["198.19.3.0/24"],
+            ],
+        );
+        let before = routing(&base);
+        let check = |new: &Config| {
+            let delta = Delta::between(&base, new);
+            let mark = base.interface.effective_fwmark(&base.peers);
+            assert_eq!(
+                before.after(&base.interface, mark, new, &delta),
+                routing(new)
+            );
+        };
+        // A peer added, one removed, one changed, a prefix moved, a default route added, the
+        // table changed.
+        let extra = config("", &[&["198.19.9.0/24", "198.19.1.128/25"]]);
+        let mut new = base.clone();
+        new.peers.push(Arc::clone(&extra.peers[0]));
+        check(&new);
+        let mut new = base.clone();
+        new.peers.remove(1);
+        check(&new);
+        let mut new = base.clone();
+        new.peer_mut(0).allowed_ips = vec!["198.19.2.0/24".parse().unwrap()];
+        new.peer_mut(1).allowed_ips = vec!["fd19:2::/64".parse().unwrap()];
+        check(&new);
+        let mut new = base.clone();
+        new.peer_mut(2)
+            .allowed_ips
+            .push("0.0.0.0/0".parse().unwrap());
+        check(&new);
+        let mut new = base.clone();
+        new.interface.table = RouteTable::Id(7);
+        check(&new);
+        let mut new = base.clone();
+        new.interface.table = RouteTable::Off;
+        new.peers.push(Arc::clone(&extra.peers[0]));
+        check(&new);
     }
 
     #[test]

@@ -24,9 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rustc_hash::FxHashMap;
+use foldhash::HashMap;
 use serde::Serialize;
-use sitelink_config::{Cidr, Config, Endpoint, Interface, Peer, PrivateKey, PublicKey};
+use sitelink_config::{
+    Cidr, Config, Delta, Endpoint, Interface, Peer, PeerIndex, PrivateKey, PublicKey,
+};
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 use tokio::task::JoinHandle;
 
@@ -47,10 +49,12 @@ pub struct State {
     netlink: Netlink,
     /// The routes and rules `config` asks for (what the kernel has, as far as we made it).
     routing: Routing,
+    /// `config`'s peers by name, key and prefix, for validating the next change.
+    index: PeerIndex,
     /// Another handle on the packet loop's UDP socket, to change its mark.
     socket: UdpSocket,
-    ids: FxHashMap<PublicKey, PeerId>,
-    resolvers: FxHashMap<PublicKey, JoinHandle<()>>,
+    ids: HashMap<PublicKey, PeerId>,
+    resolvers: HashMap<PublicKey, JoinHandle<()>>,
     /// The private key reloads use when the key file is not readable any more (after
     /// dropping privileges).
     pub key_fallback: Option<PrivateKey>,
@@ -181,9 +185,10 @@ impl State {
             plane,
             netlink,
             routing: Routing::default(),
+            index: PeerIndex::default(),
             socket,
-            ids: FxHashMap::default(),
-            resolvers: FxHashMap::default(),
+            ids: HashMap::default(),
+            resolvers: HashMap::default(),
             key_fallback: None,
         };
         match state.apply(config).await {
@@ -203,7 +208,8 @@ impl State {
     /// Validates `new` and brings the interface and peers in line with it, all or nothing
     /// (see the module docs).
     pub async fn apply(&mut self, new: Config) -> Result<Summary> {
-        new.validate()?;
+        let delta = Delta::between(&self.config, &new);
+        new.validate_change(&self.config, &delta, &self.index)?;
         let (old_if, new_if) = (&self.config.interface, &new.interface);
         if new_if.name != old_if.name {
             bail!(
@@ -230,7 +236,9 @@ impl State {
         if mark_changed && new_socket.is_none() {
             udp::set_mark(&self.socket, new_mark)?;
         }
-        let routing = Routing::of(new_if, &new.peers);
+        let routing = self
+            .routing
+            .after(&self.config.interface, self.fwmark, &new, &delta);
         let change = self.kernel_change(&new, &routing, &mut summary);
         let warnings = match self.netlink.apply(&change).await {
             Ok(warnings) => warnings,
@@ -249,6 +257,8 @@ impl State {
         }
 
         // Commit: nothing below can fail.
+        self.index.apply(&delta);
+        drop(delta);
         if let Some((udp, handle, port)) = new_socket {
             if self.plane.send(Command::UseSocket(udp)).is_ok() {
                 self.socket = handle;
@@ -310,10 +320,10 @@ impl State {
     /// be refused). Peers are matched by public key; the common case (a change that adds,
     /// removes or edits a few peers and keeps the others in place) is matched by position,
     /// without building an index of thousands of peers.
-    fn apply_peers(&mut self, peers: &[Peer], summary: &mut Summary) {
+    fn apply_peers(&mut self, peers: &[Arc<Peer>], summary: &mut Summary) {
         let old_peers = std::mem::take(&mut self.config.peers);
         let mut matched = vec![false; old_peers.len()];
-        let mut index: Option<FxHashMap<PublicKey, usize>> = None;
+        let mut index: Option<HashMap<PublicKey, usize>> = None;
         let mut before_of = |i: usize, key: &PublicKey| -> Option<usize> {
             if old_peers.get(i).is_some_and(|p| p.public_key == *key) {
                 return Some(i);
@@ -357,13 +367,15 @@ impl State {
                         Ok(id) => {
                             self.ids.insert(peer.public_key, id);
                             if needs_dns(peer.endpoint.as_ref()) {
-                                to_resolve.push((id, peer.clone()));
+                                to_resolve.push((id, Arc::clone(peer)));
                             }
                             summary.peers_added.push(peer.name.clone());
                         }
                         // Validation rules out duplicate and own keys; this would be a bug.
                         Err(e) => tracing::error!("engine refused a validated peer: {e}"),
                     },
+                    // The same allocation: the change did not touch this peer.
+                    Some(before) if Arc::ptr_eq(before, peer) => summary.peers_unchanged += 1,
                     Some(before) => {
                         let Some(&id) = self.ids.get(&peer.public_key) else {
                             continue;
@@ -376,7 +388,7 @@ impl State {
                                     task.abort();
                                 }
                                 if needs_dns(peer.endpoint.as_ref()) {
-                                    to_resolve.push((id, peer.clone()));
+                                    to_resolve.push((id, Arc::clone(peer)));
                                 }
                             }
                         } else {

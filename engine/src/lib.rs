@@ -161,6 +161,45 @@ pub struct PeerStatus {
     pub session: bool,
 }
 
+/// A peer as status reports it, borrowed from the engine (for reporting many peers without
+/// copying their names and prefixes). Holds no secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerView<'a> {
+    pub id: PeerId,
+    pub name: &'a str,
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub local: Option<IpAddr>,
+    pub allowed_ips: &'a [Cidr],
+    pub persistent_keepalive: Option<u16>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub bad_source: u64,
+    pub up: bool,
+    pub session: bool,
+}
+
+impl PeerView<'_> {
+    pub fn to_status(&self) -> PeerStatus {
+        PeerStatus {
+            id: self.id,
+            name: self.name.to_owned(),
+            public_key: self.public_key,
+            endpoint: self.endpoint,
+            local: self.local,
+            allowed_ips: self.allowed_ips.to_vec(),
+            persistent_keepalive: self.persistent_keepalive,
+            last_handshake: self.last_handshake,
+            rx_bytes: self.rx_bytes,
+            tx_bytes: self.tx_bytes,
+            bad_source: self.bad_source,
+            up: self.up,
+            session: self.session,
+        }
+    }
+}
+
 /// Errors from changing the peer set. Config validation catches these first; the engine
 /// checks again so its tables can never disagree.
 #[derive(Debug, thiserror::Error)]
@@ -423,21 +462,30 @@ impl Engine {
 
     /// Every peer, in the order they were added.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
+        self.peer_views().map(|v| v.to_status())
+    }
+
+    /// Every peer, borrowed, in the order they were added.
+    pub fn peer_views(&self) -> impl Iterator<Item = PeerView<'_>> + '_ {
         self.peers
             .ids()
             .into_iter()
-            .filter_map(|id| self.peer_status(id))
+            .filter_map(|id| self.peer_view(id))
     }
 
     pub fn peer_status(&self, id: PeerId) -> Option<PeerStatus> {
+        self.peer_view(id).map(|v| v.to_status())
+    }
+
+    pub fn peer_view(&self, id: PeerId) -> Option<PeerView<'_>> {
         let p = self.peers.get(id)?;
-        Some(PeerStatus {
+        Some(PeerView {
             id,
-            name: p.name.clone(),
+            name: &p.name,
             public_key: p.public_key,
             endpoint: p.endpoint,
             local: p.local,
-            allowed_ips: p.allowed_ips.clone(),
+            allowed_ips: &p.allowed_ips,
             persistent_keepalive: p.keepalive,
             last_handshake: p.last_handshake,
             rx_bytes: p.rx_bytes,

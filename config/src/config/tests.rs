@@ -763,7 +763,7 @@ fn effective_fwmark_follows_table_and_default_routes() {
     config.interface.table = crate::RouteTable::Off;
     assert_eq!(config.interface.effective_fwmark(&config.peers), None);
     config.interface.table = crate::RouteTable::Auto;
-    config.peers[0].allowed_ips = vec![cidr("198.19.0.0/16")];
+    config.peer_mut(0).allowed_ips = vec![cidr("198.19.0.0/16")];
     assert_eq!(config.interface.effective_fwmark(&config.peers), None);
 }
 
@@ -1324,7 +1324,7 @@ fn cidr(text: &str) -> Cidr {
 fn validate_accepts_a_loaded_config_and_valid_changes() {
     let (_dir, mut config) = live_config();
     config.validate().unwrap();
-    config.peers.push(Peer {
+    config.peers.push(Arc::new(Peer {
         name: "site-d".into(),
         public_key: new_public().parse().unwrap(),
         preshared_key: None,
@@ -1332,7 +1332,7 @@ fn validate_accepts_a_loaded_config_and_valid_changes() {
         endpoint: Some("198.51.100.4:51820".parse().unwrap()),
         allowed_ips: vec![cidr("198.19.4.0/24"), cidr("fd19:4::/64")],
         persistent_keepalive: Some(65535),
-    });
+    }));
     config.interface.listen_port = None;
     config.interface.control_group = None;
     config.validate().unwrap();
@@ -1395,23 +1395,23 @@ fn validate_control_group() {
 #[test]
 fn validate_peer_name_syntax() {
     let (_dir, mut config) = live_config();
-    config.peers[1].name = "site c".into();
+    config.peer_mut(1).name = "site c".into();
     let error = expect_live_error(
         &config,
         "peer #2: name",
         &["peer name \"site c\" contains ' '", "use 1-63 letters"],
     );
     assert_eq!(error.key(), Some("name"));
-    config.peers[1].name = String::new();
+    config.peer_mut(1).name = String::new();
     expect_live_error(&config, "peer #2: name", &["peer name is empty"]);
-    config.peers[1].name = "c".repeat(64);
+    config.peer_mut(1).name = "c".repeat(64);
     expect_live_error(&config, "peer #2: name", &["64 characters long"]);
 }
 
 #[test]
 fn validate_unique_peer_names() {
     let (_dir, mut config) = live_config();
-    config.peers[1].name = "site-b".into();
+    config.peer_mut(1).name = "site-b".into();
     let error = expect_live_error(
         &config,
         "peer \"site-b\": name",
@@ -1423,7 +1423,7 @@ fn validate_unique_peer_names() {
 #[test]
 fn validate_unique_public_keys() {
     let (_dir, mut config) = live_config();
-    config.peers[1].public_key = config.peers[0].public_key;
+    config.peer_mut(1).public_key = config.peers[0].public_key;
     expect_live_error(
         &config,
         "peer \"site-c\": public-key",
@@ -1434,7 +1434,7 @@ fn validate_unique_public_keys() {
 #[test]
 fn validate_own_public_key() {
     let (_dir, mut config) = live_config();
-    config.peers[0].public_key = config.interface.public_key().unwrap();
+    config.peer_mut(0).public_key = config.interface.public_key().unwrap();
     let error = expect_live_error(
         &config,
         "peer \"site-b\": public-key",
@@ -1446,7 +1446,7 @@ fn validate_own_public_key() {
 #[test]
 fn validate_host_bits() {
     let (_dir, mut config) = live_config();
-    config.peers[1].allowed_ips.push(cidr("198.19.5.1/24"));
+    config.peer_mut(1).allowed_ips.push(cidr("198.19.5.1/24"));
     expect_live_error(
         &config,
         "peer \"site-c\": allowed-ips",
@@ -1457,7 +1457,7 @@ fn validate_host_bits() {
 #[test]
 fn validate_duplicate_allowed_ip_within_a_peer() {
     let (_dir, mut config) = live_config();
-    config.peers[0].allowed_ips.push(cidr("fd19:2::/64"));
+    config.peer_mut(0).allowed_ips.push(cidr("fd19:2::/64"));
     expect_live_error(
         &config,
         "peer \"site-b\": allowed-ips",
@@ -1468,7 +1468,7 @@ fn validate_duplicate_allowed_ip_within_a_peer() {
 #[test]
 fn validate_same_prefix_on_two_peers() {
     let (_dir, mut config) = live_config();
-    config.peers[1].allowed_ips.push(cidr("198.19.2.0/24"));
+    config.peer_mut(1).allowed_ips.push(cidr("198.19.2.0/24"));
     let error = config.validate().unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -1481,7 +1481,7 @@ fn validate_same_prefix_on_two_peers() {
     assert_eq!(error.key(), Some("allowed-ips"));
 
     // Nesting is fine.
-    config.peers[1].allowed_ips = vec![cidr("fd19::/16"), cidr("198.19.0.0/16")];
+    config.peer_mut(1).allowed_ips = vec![cidr("fd19::/16"), cidr("198.19.0.0/16")];
     config.validate().unwrap();
 }
 
@@ -1500,13 +1500,13 @@ fn validate_allows_no_private_key_and_checks_fwmark_and_table() {
 #[test]
 fn validate_keepalive() {
     let (_dir, mut config) = live_config();
-    config.peers[0].persistent_keepalive = Some(0);
+    config.peer_mut(0).persistent_keepalive = Some(0);
     expect_live_error(
         &config,
         "peer \"site-b\": persistent-keepalive",
         &["0 is not allowed; omit the key to disable keepalives"],
     );
-    config.peers[0].persistent_keepalive = Some(1);
+    config.peer_mut(0).persistent_keepalive = Some(1);
     config.validate().unwrap();
 }
 

@@ -61,8 +61,8 @@ fn cidrs(list: &[&str]) -> Vec<Cidr> {
 
 /// Asserts that two peer lists are the same, field by field (keys by value).
 #[track_caller]
-fn assert_same_peers(a: &[Peer], b: &[Peer]) {
-    let show = |peers: &[Peer]| {
+fn assert_same_peers(a: &[Arc<Peer>], b: &[Arc<Peer>]) {
+    let show = |peers: &[Arc<Peer>]| {
         peers
             .iter()
             .map(|p| {
@@ -151,10 +151,10 @@ fn keeps_comments_and_untouched_peers() {
     let mut config = Config::load(&path).unwrap();
     assert_eq!(config.peers.len(), 3);
 
-    config.peers[0].endpoint = Some("198.51.100.7:51821".parse().unwrap());
-    config.peers[0].persistent_keepalive = Some(30);
+    config.peer_mut(0).endpoint = Some("198.51.100.7:51821".parse().unwrap());
+    config.peer_mut(0).persistent_keepalive = Some(30);
     config.peers.remove(1);
-    config.peers.push(Peer {
+    config.peers.push(Arc::new(Peer {
         name: "site-e".into(),
         public_key: e,
         preshared_key: Some(psk_e),
@@ -162,7 +162,7 @@ fn keeps_comments_and_untouched_peers() {
         endpoint: Some("[2001:db8::5]:51820".parse().unwrap()),
         allowed_ips: cidrs(&["198.19.5.0/24", "fd19:5::/64"]),
         persistent_keepalive: Some(25),
-    });
+    }));
     config.save().unwrap();
 
     let saved = assert_round_trip(&config);
@@ -232,13 +232,13 @@ fn changed_values_keep_their_place_and_comments() {
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
     let new_b = public();
-    let b_peer = &mut config.peers[0];
+    let b_peer = config.peer_mut(0);
     b_peer.public_key = new_b;
     // Drop one entry of the multi-line array (keeping the other's line and comment), add two.
     b_peer.allowed_ips = cidrs(&["198.19.2.0/24", "198.19.12.0/24", "fd19:12::/64"]);
     b_peer.persistent_keepalive = None;
     // Site D: gains an endpoint and a keepalive, loses its preshared key.
-    let d_peer = &mut config.peers[2];
+    let d_peer = config.peer_mut(2);
     d_peer.endpoint = Some("dc.example.net:4500".parse().unwrap());
     d_peer.persistent_keepalive = Some(10);
     d_peer.preshared_key = None;
@@ -278,7 +278,7 @@ fn multi_line_allowed_ips_keep_each_entrys_comments() {
     );
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].allowed_ips = cidrs(&["fd19:2::/64", "198.19.2.0/24", "198.19.10.0/24"]);
+    config.peer_mut(0).allowed_ips = cidrs(&["fd19:2::/64", "198.19.2.0/24", "198.19.10.0/24"]);
     config.save().unwrap();
     assert_eq!(
         assert_round_trip(&config),
@@ -289,10 +289,10 @@ fn multi_line_allowed_ips_keep_each_entrys_comments() {
     );
 
     // Emptied and refilled: the comments on the `[` line and after `]` stay.
-    config.peers[0].allowed_ips.clear();
+    config.peer_mut(0).allowed_ips.clear();
     config.save().unwrap();
     assert_eq!(assert_round_trip(&config), with(""));
-    config.peers[0].allowed_ips = cidrs(&["198.19.2.0/24", "198.19.3.0/24"]);
+    config.peer_mut(0).allowed_ips = cidrs(&["198.19.2.0/24", "198.19.3.0/24"]);
     config.save().unwrap();
     assert_eq!(
         assert_round_trip(&config),
@@ -310,7 +310,7 @@ fn one_line_allowed_ips_are_rewritten_on_one_line() {
     );
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].allowed_ips = cidrs(&["198.19.2.0/24", "fd19:2::/64"]);
+    config.peer_mut(0).allowed_ips = cidrs(&["198.19.2.0/24", "fd19:2::/64"]);
     config.save().unwrap();
     assert_eq!(
         assert_round_trip(&config),
@@ -327,7 +327,7 @@ fn renamed_peer_keeps_its_table() {
     let original = commented_config(&dir, &public(), &public(), &public());
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].name = "site-b2".into();
+    config.peer_mut(0).name = "site-b2".into();
     config.save().unwrap();
     let saved = assert_round_trip(&config);
     assert_eq!(
@@ -347,7 +347,7 @@ fn peers_are_added_to_a_file_without_any() {
         let mut config = Config::load(&path).unwrap();
         let (b, c) = (public(), public());
         for (name, key, ips) in [("b", b, "198.19.2.0/24"), ("c", c, "198.19.3.0/24")] {
-            config.peers.push(Peer {
+            config.peers.push(Arc::new(Peer {
                 name: name.into(),
                 public_key: key,
                 preshared_key: None,
@@ -355,7 +355,7 @@ fn peers_are_added_to_a_file_without_any() {
                 endpoint: None,
                 allowed_ips: cidrs(&[ips]),
                 persistent_keepalive: None,
-            });
+            }));
         }
         config.save().unwrap();
         let saved = assert_round_trip(&config);
@@ -387,7 +387,7 @@ fn inline_array_of_peers_is_refused() {
     );
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].persistent_keepalive = Some(25);
+    config.peer_mut(0).persistent_keepalive = Some(25);
     let error = config.save().unwrap_err().to_string();
     assert!(error.contains("inline array"), "{error}");
     assert!(error.contains("[[peer]]"), "{error}");
@@ -420,8 +420,8 @@ fn preshared_key_file_replaces_an_inline_key() {
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
     let psk = dir.psk_file("b.psk");
-    config.peers[0].preshared_key = Some(psk);
-    config.peers[0].preshared_key_file = Some("b.psk".into());
+    config.peer_mut(0).preshared_key = Some(psk);
+    config.peer_mut(0).preshared_key_file = Some("b.psk".into());
     config.save().unwrap();
     let saved = assert_round_trip(&config);
     assert_eq!(
@@ -444,7 +444,7 @@ fn same_inline_preshared_key_is_kept() {
     // reveals nothing new.
     let path = dir.write("sl0.toml", &original, 0o644);
     let mut config = Config::parse(&original, &path).unwrap();
-    config.peers[0].persistent_keepalive = Some(25);
+    config.peer_mut(0).persistent_keepalive = Some(25);
     config.save().unwrap();
     let saved = assert_round_trip(&config);
     assert_eq!(
@@ -466,7 +466,7 @@ fn new_inline_preshared_key_only_into_a_private_file() {
     // Readable by group: refused, file untouched.
     let path = dir.write("sl0.toml", &original, 0o640);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].preshared_key = Some(psk.clone());
+    config.peer_mut(0).preshared_key = Some(psk.clone());
     let error = config.save().unwrap_err();
     let message = error.to_string();
     assert_eq!(error.peer(), Some("b"));
@@ -511,8 +511,8 @@ fn inline_key_replaces_a_key_file_reference_only_into_a_private_file() {
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
     let psk = PresharedKey::generate();
-    config.peers[0].preshared_key = Some(psk.clone());
-    config.peers[0].preshared_key_file = None;
+    config.peer_mut(0).preshared_key = Some(psk.clone());
+    config.peer_mut(0).preshared_key_file = None;
     config.save().unwrap();
     let saved = assert_round_trip(&config);
     assert_eq!(
@@ -532,8 +532,8 @@ fn removed_preshared_key_removes_both_keys() {
     let original = one_peer(&key, "preshared-key-file = \"b.psk\"\n");
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[0].preshared_key = None;
-    config.peers[0].preshared_key_file = None;
+    config.peer_mut(0).preshared_key = None;
+    config.peer_mut(0).preshared_key_file = None;
     config.save().unwrap();
     assert_eq!(assert_round_trip(&config), one_peer(&key, ""));
 }
@@ -548,7 +548,7 @@ fn private_key_is_never_written() {
     let new_key = PrivateKey::generate();
     config.interface.private_key = Some(new_key.clone());
     config.interface.listen_port = Some(51821);
-    config.peers[0].endpoint = Some("198.51.100.2:51820".parse().unwrap());
+    config.peer_mut(0).endpoint = Some("198.51.100.2:51820".parse().unwrap());
     config.save().unwrap();
     let saved = fs::read_to_string(&path).unwrap();
     assert!(!saved.contains(&new_key.expose_base64()));
@@ -566,7 +566,7 @@ fn invalid_config_is_not_saved() {
     let original = commented_config(&dir, &public(), &public(), &public());
     let path = dir.write("sl0.toml", &original, 0o600);
     let mut config = Config::load(&path).unwrap();
-    config.peers[1].allowed_ips = cidrs(&["198.19.2.0/24"]);
+    config.peer_mut(1).allowed_ips = cidrs(&["198.19.2.0/24"]);
     let error = config.save().unwrap_err();
     assert!(
         error.to_string().starts_with(
