@@ -14,6 +14,8 @@
 #
 # Run as root.  Only addresses inside the namespaces (198.18.0.0/15) are used.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -47,31 +49,10 @@ REBUILD=0
 KEEP_LOGS=0
 ALL_IMPLS=(veth wireguard-go boringtun-cli gotatun sitelink)
 
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --rounds) ROUNDS="${2:?--rounds needs a value}"; shift 2 ;;
-        --rounds=*) ROUNDS="${1#*=}"; shift ;;
-        --time) TIME="${2:?--time needs a value}"; shift 2 ;;
-        --time=*) TIME="${1#*=}"; shift ;;
-        --only) ONLY="${2:?--only needs a value}"; shift 2 ;;
-        --only=*) ONLY="${1#*=}"; shift ;;
-        --pings) PINGS="${2:?--pings needs a value}"; shift 2 ;;
-        --pings=*) PINGS="${1#*=}"; shift ;;
-        --raw) RAW_OUT="${2:?--raw needs a value}"; shift 2 ;;
-        --raw=*) RAW_OUT="${1#*=}"; shift ;;
-        --rebuild) REBUILD=1; shift ;;
-        --keep-logs) KEEP_LOGS=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
-for v in ROUNDS TIME PINGS; do
-    if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
-        echo "error: --${v,,} must be a positive integer (got '${!v}')" >&2
-        exit 2
-    fi
-done
+VALUE_OPTS=([--rounds]=ROUNDS [--time]=TIME [--only]=ONLY [--pings]=PINGS [--raw]=RAW_OUT)
+FLAG_OPTS=([--rebuild]=REBUILD [--keep-logs]=KEEP_LOGS)
+parse_options "$@"
+require_positive_ints ROUNDS TIME PINGS
 
 IMPLS=()
 if [[ -n "$ONLY" ]]; then
@@ -93,22 +74,9 @@ else
     IMPLS=("${ALL_IMPLS[@]}")
 fi
 
-if [[ $EUID -ne 0 ]]; then
-    echo "error: must run as root (network namespaces, TUN devices)" >&2
-    exit 1
-fi
-
-for tool in ip ping iperf3; do
-    command -v "$tool" >/dev/null || { echo "error: '$tool' not found (apt-get install iproute2 iputils-ping iperf3)" >&2; exit 1; }
-done
-PY=""
-for p in /usr/bin/python3 python3; do
-    if command -v "$p" >/dev/null; then PY=$(command -v "$p"); break; fi
-done
-[[ -n "$PY" ]] || { echo "error: python3 not found (used to parse iperf3 JSON and compute medians)" >&2; exit 1; }
-
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+require_root
+require_tools "apt-get install iproute2 iputils-ping iperf3" ip ping iperf3
+find_python "used to parse iperf3 JSON and compute medians"
 
 # ---------------------------------------------------------------- names
 ID=$$
@@ -122,58 +90,14 @@ OUTER_A=198.18.0.1
 OUTER_B=198.18.0.2
 TUN_A=198.19.0.1
 TUN_B=198.19.0.2
-PORT=51820
-WG_RUN=/var/run/wireguard
-WORK=$(mktemp -d /tmp/sitelink-bench.XXXXXX)
-RESULTS="$WORK/results.tsv"
-: >"$RESULTS"
+init_workdir bench
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$1"; }
-
-# Kill every process we started inside our namespaces, delete them, remove
-# the userspace API sockets.  Idempotent; never fails.
-cleanup_testbed() {
-    local ns pids p i
-    for ns in "$NSA" "$NSB"; do
-        ns_exists "$ns" || continue
-        pids=$(ip netns pids "$ns" 2>/dev/null || true)
-        if [[ -n "$pids" ]]; then
-            for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
-            for i in $(seq 1 30); do
-                pids=$(ip netns pids "$ns" 2>/dev/null || true)
-                [[ -z "$pids" ]] && break
-                sleep 0.1
-            done
-            for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
-        fi
-    done
-    for ns in "$NSA" "$NSB"; do
-        # a TUN device can linger a moment after its owner died
-        for i in 1 2 3 4 5; do
-            ns_exists "$ns" || break
-            ip netns del "$ns" 2>/dev/null && break
-            sleep 0.2
-        done
-    done
-    rm -f "$WG_RUN/$IFA.sock" "$WG_RUN/$IFB.sock"
-}
-
-final_cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    cleanup_testbed
-    if [[ $KEEP_LOGS -eq 1 ]]; then
-        echo "work directory kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit $rc
-}
-trap final_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+# cleanup_testbed (lib.sh): kills everything in the namespaces (3 s after SIGTERM),
+# deletes them, removes the userspace API sockets
+TESTBED_NS=("$NSA" "$NSB")
+CLEANUP_TERM_TICKS=30
+CLEANUP_DEL_TRIES=5
+set_traps final_cleanup
 
 # ---------------------------------------------------------------- binaries
 find_bin() { # find_bin ENVVAR name...
@@ -262,29 +186,6 @@ if [[ " ${RUN_IMPLS[*]} " != " veth " ]]; then
 fi
 
 # ---------------------------------------------------------------- helpers
-# wait_for DESC TIMEOUT_S CMD... : poll CMD every 0.1 s
-wait_for() {
-    local desc=$1 timeout=$2; shift 2
-    local deadline=$((SECONDS + timeout))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "timed out after ${timeout}s waiting for $desc" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
-
-alive() { kill -0 "$1" 2>/dev/null; }
-
-show_log() { # show_log FILE
-    if [[ -s "$1" ]]; then
-        echo "---- last lines of $1:" >&2
-        tail -n 20 "$1" | sed 's/\x1b\[[0-9;]*m//g' >&2
-        echo "----" >&2
-    fi
-}
-
 # wait for the userspace daemon to create its TUN device and API socket
 wait_daemon() { # wait_daemon PID NS IF LOG
     local pid=$1 ns=$2 ifn=$3 lg=$4 deadline=$((SECONDS + 15))
@@ -361,29 +262,11 @@ setup_wg_userspace() { # setup_wg_userspace IMPL
     DAEMON_LOGS="$WORK/$impl-a.log $WORK/$impl-b.log"
 }
 
-write_sitelink_conf() { # FILE IF KEY LOCALTUN PEERPUB PEEROUTER PEERTUN PEERNAME
-    cat >"$1" <<EOF
-[interface]
-name = "$2"
-private-key-file = "$3"
-listen-port = $PORT
-address = ["$4/24"]
-mtu = 1420
-
-[[peer]]
-name = "$8"
-public-key = "$5"
-endpoint = "$6:$PORT"
-allowed-ips = ["$7/32"]
-persistent-keepalive = 25
-EOF
-}
-
 setup_sitelink() {
     local ca="$WORK/$IFA.toml" cb="$WORK/$IFB.toml" pa pb la lb
     chmod 600 "$WORK/a.key" "$WORK/b.key"
-    write_sitelink_conf "$ca" "$IFA" "$WORK/a.key" "$TUN_A" "$(cat "$WORK/b.pub")" "$OUTER_B" "$TUN_B" site-b
-    write_sitelink_conf "$cb" "$IFB" "$WORK/b.key" "$TUN_B" "$(cat "$WORK/a.pub")" "$OUTER_A" "$TUN_A" site-a
+    sitelink_conf "$IFA" "$WORK/a.key" "$TUN_A" site-b "$(cat "$WORK/b.pub")" "$OUTER_B:$PORT" "$TUN_B/32" 25 >"$ca"
+    sitelink_conf "$IFB" "$WORK/b.key" "$TUN_B" site-a "$(cat "$WORK/a.pub")" "$OUTER_A:$PORT" "$TUN_A/32" 25 >"$cb"
     la="$WORK/sitelink-a.log"; lb="$WORK/sitelink-b.log"
     ip netns exec "$NSA" "${BIN[sitelink]}" --config "$ca" >"$la" 2>&1 &
     pa=$!
@@ -446,19 +329,10 @@ measure() {
     ip netns exec "$NSA" ping -n -c "$PINGS" -i 0.02 -W 1 "$dst" >"$pingout" 2>&1 || true
 
     # throughput
-    ip netns exec "$NSB" iperf3 -s -1 -B "$dst" >"$srvlog" 2>&1 &
-    local spid=$!
-    if ! wait_for "iperf3 server in $NSB" 10 \
-        sh -c "ip netns exec '$NSB' ss -Htln 'sport = :5201' | grep -q ."; then
-        show_log "$srvlog"; return 1
-    fi
-    local rc=0
-    timeout --foreground -k 5 $((TIME + 30)) ip netns exec "$NSA" iperf3 -c "$dst" -t "$TIME" -J >"$json" 2>"$json.err" || rc=$?
-    kill "$spid" 2>/dev/null || true
-    wait "$spid" 2>/dev/null || true
+    iperf3_tcp "$NSB" "$NSA" "$dst" "$json" "$srvlog" || return 1
 
-    "$PY" - "$impl" "$round" "$pingout" "$json" "$rc" >>"$RESULTS" <<'PYEOF'
-import json, re, statistics, sys
+    py "$impl" "$round" "$pingout" "$json" "$IPERF_RC" >>"$RESULTS" <<'PYEOF'
+import re, statistics, sys
 impl, rnd, pingf, jsonf, rc = sys.argv[1:6]
 rtts = []
 with open(pingf) as f:
@@ -469,14 +343,10 @@ with open(pingf) as f:
 gbps = retr = "nan"
 err = ""
 try:
-    with open(jsonf) as f:
-        j = json.load(f)
-    if "error" in j:
-        err = j["error"]
-    else:
-        end = j["end"]
-        gbps = "%.3f" % (end["sum_received"]["bits_per_second"] / 1e9)
-        retr = str(end["sum_sent"].get("retransmits", "nan"))
+    g, r = iperf_result(jsonf)
+    gbps, retr = "%.3f" % g, str(r)
+except IperfError as e:
+    err = str(e)
 except Exception as e:  # noqa: BLE001
     err = "iperf3 rc=%s: %s" % (rc, e)
 if err:
@@ -515,8 +385,7 @@ run_one() {
 # ---------------------------------------------------------------- main loop
 log "work dir $WORK; implementations: ${RUN_IMPLS[*]}; rounds=$ROUNDS time=${TIME}s pings=$PINGS"
 log "testbed: $NSA/$NSB, veth $VETHA/$VETHB, tunnel $IFA/$IFB"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "load average at start: $LOAD_START (other CPU load on the box skews results)"
+note_load_start
 
 declare -A FAILS=()
 n=${#RUN_IMPLS[@]}
@@ -525,69 +394,30 @@ for ((round = 1; round <= ROUNDS; round++)); do
         # rotate the start each round so no implementation always goes first
         impl=${RUN_IMPLS[$(((k + round - 1) % n))]}
         log "round $round/$ROUNDS: $impl"
-        set +e
-        (
-            set -e
-            trap cleanup_testbed EXIT
-            trap 'exit 130' INT
-            trap 'exit 143' TERM HUP
-            run_one "$impl" "$round"
-        )
-        rc=$?
-        set -e
-        if [[ $rc -ne 0 ]]; then
-            ((rc >= 128)) && exit "$rc"   # interrupted
+        run_isolated run_one "$impl" "$round"
+        if [[ $RUN_RC -ne 0 ]]; then
             FAILS[$impl]=$((${FAILS[$impl]:-0} + 1))
-            log "$impl round $round FAILED (rc=$rc)"
+            log "$impl round $round FAILED (rc=$RUN_RC)"
         fi
         cleanup_testbed
     done
 done
 
-[[ -n "$RAW_OUT" ]] && {
-    printf 'impl\tround\tgbps\trtt_median_ms\trtt_avg_ms\tretransmits\treplies\n' >"$RAW_OUT"
-    cat "$RESULTS" >>"$RAW_OUT"
-    log "raw results written to $RAW_OUT"
-}
+write_raw impl round gbps rtt_median_ms rtt_avg_ms retransmits replies
 
 # ---------------------------------------------------------------- summary
-echo
-echo "## sitelink side-by-side: $(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $(nproc) cores, loadavg start $LOAD_START / end $(cut -d' ' -f1-3 /proc/loadavg)"
-echo
+summary_title side-by-side "$(utc_now)"
 echo "Medians over $ROUNDS interleaved round(s); (min–max) across rounds. iperf3 single TCP stream, ${TIME}s, a→b;"
 echo "RTT from $PINGS pings at 0.02 s interval (per-round median / mean, then median over rounds)."
 echo
-"$PY" - "$RESULTS" "${RUN_IMPLS[*]}" "$(for i in "${RUN_IMPLS[@]}"; do printf '%s=%s ' "$i" "${FAILS[$i]:-0}"; done)" "${!SKIP[*]}" <<'PYEOF'
-import math, statistics, sys
+py "$RESULTS" "${RUN_IMPLS[*]}" "$(for i in "${RUN_IMPLS[@]}"; do printf '%s=%s ' "$i" "${FAILS[$i]:-0}"; done)" "${!SKIP[*]}" <<'PYEOF'
+import statistics, sys
 resf, impls, fails, skipped = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 fails = dict(x.split("=") for x in fails)
-rows = {}
-with open(resf) as f:
-    for line in f:
-        p = line.rstrip("\n").split("\t")
-        if len(p) < 7:
-            continue
-        rows.setdefault(p[0], []).append(p)
+rows = read_rows(resf, 7)
 
-def vals(rs, idx):
-    out = []
-    for r in rs:
-        try:
-            v = float(r[idx])
-        except ValueError:
-            continue
-        if not math.isnan(v):
-            out.append(v)
-    return out
-
-def fmt(v, nd, rng=True):
-    if not v:
-        return "n/a"
-    m = statistics.median(v)
-    s = f"{m:.{nd}f}"
-    if rng and len(v) > 1:
-        s += f" ({min(v):.{nd}f}–{max(v):.{nd}f})"
-    return s
+def fmt(v, nd):
+    return med_range(v, nd) if v else "n/a"
 
 ceiling = None
 if "veth" in rows:
