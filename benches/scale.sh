@@ -263,6 +263,20 @@ median_ms() { # median_ms us1 us2 ... -> ms with 1 decimal
 # ---------------------------------------------------------------- one run
 # run_one N ROUND K: fresh testbed, both daemons, all measurements; writes KEY<TAB>VALUE
 # lines to $RUNRES ("FAIL" for a failed cell).  Runs in a subshell with errexit.
+# record_samples KEY WHAT: the median of the caller's `samples` (µs) as KEY, or FAIL if the
+# caller's `ok` is 0 (status 1 when gateway A has died). Reads n and round from the caller.
+record_samples() {
+    local key=$1 what=$2
+    if [[ $ok -eq 1 ]]; then
+        put "$key" "$(median_ms "${samples[@]}")"
+        put "${key}_samples" "$(IFS=,; echo "${samples[*]}")"
+        log "N=$n round $round: $what median $(median_ms "${samples[@]}") ms (us: ${samples[*]})"
+    else
+        a_dead "$key" && return 1
+        put "$key" FAIL
+    fi
+}
+
 run_one() {
     local n=$1 round=$2 k=$3
     local rdir="$WORK/r$k"
@@ -423,14 +437,7 @@ PYEOF
         e=${EPOCHREALTIME/./}
         samples+=($((e - s)))
     done
-    if [[ $ok -eq 1 ]]; then
-        put show "$(median_ms "${samples[@]}")"
-        put show_samples "$(IFS=,; echo "${samples[*]}")"
-        log "N=$n round $round: show --json median $(median_ms "${samples[@]}") ms (us: ${samples[*]})"
-    else
-        a_dead show && return 1
-        put show FAIL
-    fi
+    record_samples show "show --json" || return 1
 
     # 6. sitelinkctl peer add, 5 different new peers
     a_dead add && return 1
@@ -448,14 +455,7 @@ PYEOF
         e=${EPOCHREALTIME/./}
         samples+=($((e - s)))
     done <"$WORK/newkeys-$n.txt"
-    if [[ $ok -eq 1 ]]; then
-        put add "$(median_ms "${samples[@]}")"
-        put add_samples "$(IFS=,; echo "${samples[*]}")"
-        log "N=$n round $round: peer add median $(median_ms "${samples[@]}") ms (us: ${samples[*]})"
-    else
-        a_dead add && return 1
-        put add FAIL
-    fi
+    record_samples add "peer add" || return 1
 
     a_dead end && true
     local nl nw ne

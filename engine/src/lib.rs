@@ -141,16 +141,18 @@ pub struct Counters {
     pub no_key: u64,
 }
 
-/// A peer as status reports it. Holds no secrets.
-#[derive(Debug, Clone)]
-pub struct PeerStatus {
+/// A peer as status reports it, generic over how its name and prefixes are held: owned
+/// ([`PeerStatus`]) or borrowed from the engine ([`PeerView`], for reporting many peers without
+/// copying them). Holds no secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerInfo<N, A> {
     pub id: PeerId,
-    pub name: String,
+    pub name: N,
     pub public_key: PublicKey,
     pub endpoint: Option<SocketAddr>,
     /// The local address packets to this peer leave from (sticky source), once learned.
     pub local: Option<IpAddr>,
-    pub allowed_ips: Vec<Cidr>,
+    pub allowed_ips: A,
     pub persistent_keepalive: Option<u16>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
@@ -161,28 +163,14 @@ pub struct PeerStatus {
     pub session: bool,
 }
 
-/// A peer as status reports it, borrowed from the engine (for reporting many peers without
-/// copying their names and prefixes). Holds no secrets.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerView<'a> {
-    pub id: PeerId,
-    pub name: &'a str,
-    pub public_key: PublicKey,
-    pub endpoint: Option<SocketAddr>,
-    pub local: Option<IpAddr>,
-    pub allowed_ips: &'a [Cidr],
-    pub persistent_keepalive: Option<u16>,
-    pub last_handshake: Option<SystemTime>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub bad_source: u64,
-    pub up: bool,
-    pub session: bool,
-}
+/// A peer's status, owned.
+pub type PeerStatus = PeerInfo<String, Vec<Cidr>>;
+/// A peer's status, borrowed from the engine.
+pub type PeerView<'a> = PeerInfo<&'a str, &'a [Cidr]>;
 
 impl PeerView<'_> {
     pub fn to_status(&self) -> PeerStatus {
-        PeerStatus {
+        PeerInfo {
             id: self.id,
             name: self.name.to_owned(),
             public_key: self.public_key,

@@ -278,12 +278,7 @@ fn persistent_keepalive_is_sent_on_an_idle_link() {
     p.settle();
     let start = MockClock::time();
     p.advance(Duration::from_secs(26));
-    // A keepalive is an empty data message: 16-byte header + 16-byte tag.
-    let keepalives = p
-        .sent
-        .iter()
-        .filter(|(at, from, d)| *at > start && *from == p.a.addr && d[0] == 4 && d.len() == 32)
-        .count();
+    let keepalives = keepalives_from_a_after(&p, start);
     assert!(keepalives >= 1, "no keepalive from A in 26 s idle");
 }
 
@@ -515,7 +510,6 @@ fn garbage_and_short_buffers_never_panic() {
 #[test]
 fn packet_without_route_or_endpoint_is_counted() {
     let mut p = pair(None);
-    let mut buf = vec![0u8; BUF];
     assert!(dropped(
         &mut p.a.engine,
         &ipv4([198, 19, 1, 5], [203, 0, 113, 9], b"x")
@@ -593,16 +587,11 @@ fn keepalive_and_allowed_ips_changes_keep_the_session() {
     );
     assert_eq!(p.status_a().last_handshake, Some(handshake));
     assert_eq!(p.status_a().name, "site-b-renamed");
-    let keepalives = p
-        .sent
-        .iter()
-        .filter(|(at, from, d)| *at > changed_at && *from == p.a.addr && d[0] == 4 && d.len() == 32)
-        .count();
+    let keepalives = keepalives_from_a_after(&p, changed_at);
     assert!(keepalives >= 1, "no keepalive at the new 5 s interval");
 
     // Narrowing allowed-ips takes the old subnet away at once.
     p.a.engine.set_allowed_ips(id, vec![cidr("198.19.2.0/24")]);
-    let mut buf = vec![0u8; BUF];
     assert!(dropped(
         &mut p.a.engine,
         &ipv4([198, 19, 1, 5], [198, 19, 3, 7], b"x")
@@ -641,6 +630,14 @@ fn connected(keepalive: Option<u16>) -> Pair {
     p.advance(Duration::from_secs(3));
     assert!(p.status_a().up && p.status_b().up);
     p
+}
+
+/// Keepalives A sent after `t` (empty data messages: 16-byte header + 16-byte tag).
+fn keepalives_from_a_after(p: &Pair, t: Duration) -> usize {
+    p.sent
+        .iter()
+        .filter(|(at, from, d)| *at > t && *from == p.a.addr && d[0] == 4 && d.len() == 32)
+        .count()
 }
 
 fn handshakes_after(p: &Pair, t: Duration) -> usize {
@@ -1000,11 +997,7 @@ fn ten_thousand_idle_peers_cost_nothing() {
     assert_eq!((ab.0, ba.0), (ab.1, ba.1));
     let since = MockClock::time();
     p.advance(Duration::from_secs(30));
-    let keepalives = p
-        .sent
-        .iter()
-        .filter(|(at, from, d)| *at > since && *from == p.a.addr && d[0] == 4 && d.len() == 32)
-        .count();
+    let keepalives = keepalives_from_a_after(&p, since);
     assert!(keepalives >= 1);
     // Only the peer with a session has timers; none of the idle peers got session state.
     assert!(
