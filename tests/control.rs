@@ -512,6 +512,34 @@ fn sockets_refuse_strangers_and_survive_garbage() {
         !String::from_utf8_lossy(&out.stdout).contains(&pair.b_pub),
         "leaked status"
     );
+    // A refused client that is slow to send its request still gets the refusal, not EPIPE:
+    // the daemon reads the request before it answers and closes.
+    let slow = "import socket, sys, time\n\
+                s = socket.socket(socket.AF_UNIX)\n\
+                s.connect(sys.argv[1])\n\
+                time.sleep(0.3)\n\
+                s.sendall(sys.argv[2].encode())\n\
+                print(s.makefile().read())";
+    for (path, request) in [(&control, "{\"cmd\":\"show\"}\n"), (&uapi, "get=1\n\n")] {
+        let out = nobody(&[
+            "/usr/bin/python3",
+            "-c",
+            slow,
+            path.to_str().unwrap(),
+            request,
+        ]);
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "slow stranger on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            reply.contains("permission denied") || reply.contains("errno=-13"),
+            "{reply}"
+        );
+    }
 
     // Garbage, oversized and stalled requests get errors; the daemon keeps serving.
     let reply = unix_exchange(&control, b"hello\n", Duration::from_secs(10));

@@ -148,6 +148,11 @@ fn two_sites_reach_each_other_over_ipv4_and_ipv6() {
         !log.contains("ERROR") && !log.contains("panicked"),
         "gw_a log:\n{log}"
     );
+    // A log file gets plain lines: no terminal colour codes.
+    assert!(
+        log.contains("INFO") && !log.contains('\u{1b}'),
+        "gw_a log:\n{log:?}"
+    );
 }
 
 /// `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: a host name that

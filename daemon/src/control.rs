@@ -25,6 +25,9 @@ use crate::access::Access;
 use crate::state::{State, Summary};
 
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused client may take to finish sending its request before it gets the
+/// refusal anyway.
+pub const REFUSAL_READ: Duration = Duration::from_secs(1);
 
 /// Binds a local socket at `path`: its directory is created with `dir_mode`, the socket
 /// gets mode 0660 and the control group. Refuses to start when another daemon answers on
@@ -104,6 +107,11 @@ async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> st
     let response = match refused {
         Some(error) => {
             tracing::warn!(%error, "refused control client");
+            // Read the request first: closing while the client is still writing would hand it
+            // EPIPE instead of our answer.
+            let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+            let mut line = Vec::new();
+            let _ = tokio::time::timeout(REFUSAL_READ, reader.read_until(b'\n', &mut line)).await;
             Response::Err { error }
         }
         None => {

@@ -71,7 +71,13 @@ fn init_logging(verbose: u8) {
         }
     }
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                // Colour codes only for a terminal: a file, a pipe or a log collector gets
+                // plain lines.
+                .with_ansi(io::IsTerminal::is_terminal(&io::stderr())),
+        )
         .init();
 }
 

@@ -56,7 +56,12 @@ pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, access: Arc
 async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> std::io::Result<()> {
     if let Err(message) = access.check(&stream) {
         tracing::warn!(error = %message, "refused UAPI client");
-        let (_, mut write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
+        // Read the request to its end first (as for any refused request): wg writes all of it
+        // before it reads, and would die of SIGPIPE if we closed early.
+        let mut reader = BufReader::new(read);
+        let skip = skip_to_blank_line(&mut reader, false);
+        let _ = tokio::time::timeout(crate::control::REFUSAL_READ, skip).await;
         let refusal = UapiError::new(libc::EACCES, message);
         return write
             .write_all(uapi::format_errno(&refusal).as_bytes())

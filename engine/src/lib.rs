@@ -83,6 +83,11 @@ const REINIT_INTERVAL: Duration = Duration::from_secs(5);
 /// parse, then `decapsulate`), so this is twice the effective limit of 100/s.
 const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
+/// Packets under one session's keys before a new handshake is started, and before the keys
+/// may not be used at all (whitepaper §6.1; boringtun enforces neither).
+const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+
 const TYPE_HANDSHAKE_INIT: u8 = 1;
 const TYPE_COOKIE_REPLY: u8 = 3;
 const TYPE_DATA: u8 = 4;
@@ -372,15 +377,13 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        let fresh = Tunnel {
-            tunn: new_tunn(
-                identity,
-                &peer.public_key,
-                peer.preshared_key.as_ref(),
-                index,
-            ),
+        let tunn = new_tunn(
+            identity,
+            &peer.public_key,
+            peer.preshared_key.as_ref(),
             index,
-        };
+        );
+        let fresh = Tunnel::new(tunn, index);
         let dropped = match &mut peer.session {
             Some(session) => session.rekey_with(fresh),
             None => return,
@@ -521,8 +524,30 @@ impl Engine {
         let peer = self.peers.get_mut(id)?;
         let session = peer.session.as_mut()?;
         let tunnel = session.tunnel(session.send_slot())?;
+        if tunnel.sent >= REJECT_AFTER_MESSAGES {
+            // The keys have carried all the packets the protocol allows: none more under
+            // them, and a handshake for new ones (if one is not under way already).
+            if let Some(n) = self.log.allow(LogKind::Encapsulate, now) {
+                tracing::warn!(peer = %peer.name, suppressed = n, "session keys used up (REJECT_AFTER_MESSAGES); re-handshaking");
+            }
+            return match tunnel.tunn.format_handshake_initiation(buf, false) {
+                TunnResult::WriteToNetwork(payload) => {
+                    peer.last_sent = Some(now);
+                    Some(Transmit {
+                        dst: endpoint,
+                        src: peer.local,
+                        payload,
+                    })
+                }
+                _ => None,
+            };
+        }
         match tunnel.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(payload) => {
+                if payload[0] == TYPE_DATA {
+                    tunnel.sent += 1;
+                    tunnel.rekey_due |= tunnel.sent == REKEY_AFTER_MESSAGES;
+                }
                 peer.tx_bytes += payload.len() as u64;
                 peer.last_sent = Some(now);
                 Some(Transmit {
@@ -856,6 +881,7 @@ impl Engine {
         }
         released.extend(session.expire_previous(now));
 
+        let rekey = std::mem::take(&mut session.current.rekey_due);
         let mut out = match session.current.tunn.update_timers(buf) {
             TunnResult::WriteToNetwork(o)
                 if o[0] == TYPE_HANDSHAKE_INIT && session.next.is_some() =>
@@ -883,6 +909,13 @@ impl Engine {
             }
             _ => None,
         };
+        if out.is_none() && rekey {
+            if let TunnResult::WriteToNetwork(o) =
+                session.current.tunn.format_handshake_initiation(buf, false)
+            {
+                out = Some(range_of(base, o));
+            }
+        }
         if out.is_none() {
             if let Some(next) = session.next.as_mut() {
                 match next.tunn.update_timers(buf) {
@@ -1012,7 +1045,7 @@ impl Engine {
             peer.preshared_key.as_ref(),
             index,
         );
-        peer.session = Some(Box::new(Session::new(Tunnel { tunn, index })));
+        peer.session = Some(Box::new(Session::new(Tunnel::new(tunn, index))));
         self.peers.register_index(index, id);
         self.schedule(id, now + TICK);
         true
@@ -1083,6 +1116,11 @@ fn note_handshake(peer: &mut Peer, wall: SystemTime) {
         return;
     }
     peer.last_handshake = Some(at);
+    // New keys: the message limits count from here.
+    if let Some(session) = peer.session.as_mut() {
+        session.current.sent = 0;
+        session.current.rekey_due = false;
+    }
     if !peer.up {
         peer.up = true;
         tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = ?peer.endpoint, "handshake completed, peer up");

@@ -28,6 +28,24 @@ pub(crate) const PREVIOUS_KEEP: std::time::Duration = std::time::Duration::from_
 pub(crate) struct Tunnel {
     pub tunn: Tunn,
     pub index: u32,
+    /// Data packets encrypted under its keys since its latest handshake. boringtun does not
+    /// count them against the protocol's limits; the engine does (REKEY_AFTER_MESSAGES,
+    /// REJECT_AFTER_MESSAGES).
+    pub sent: u64,
+    /// The keys have carried REKEY_AFTER_MESSAGES packets: the next timer run starts a
+    /// handshake.
+    pub rekey_due: bool,
+}
+
+impl Tunnel {
+    pub fn new(tunn: Tunn, index: u32) -> Self {
+        Self {
+            tunn,
+            index,
+            sent: 0,
+            rekey_due: false,
+        }
+    }
 }
 
 impl Tunnel {

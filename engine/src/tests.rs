@@ -911,7 +911,6 @@ fn without_a_private_key_nothing_handshakes_until_one_is_set() {
         !p.sent.iter().any(|(_, from, _)| *from == b_addr),
         "B sent something without a private key"
     );
-    let mut buf = vec![0u8; BUF];
     assert!(dropped(
         &mut p.b.engine,
         &ipv4([198, 19, 2, 5], [198, 19, 1, 5], b"y")
@@ -1008,7 +1007,6 @@ fn ten_thousand_idle_peers_cost_nothing() {
     assert_eq!(p.a.engine.peers().filter(|s| s.session).count(), 1);
     // A packet to an idle peer finds it (longest match in a trie) and is dropped for want of
     // an endpoint, without creating state.
-    let mut buf = vec![0u8; BUF];
     assert!(dropped(
         &mut p.a.engine,
         &ipv4([198, 19, 1, 5], [198, 18, 100, 7], b"x")
@@ -1035,4 +1033,63 @@ fn a_dead_on_demand_link_frees_its_session_state() {
     p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"3"));
     p.settle();
     assert!(p.b.tun_out.iter().any(|pkt| pkt.ends_with(b"3")));
+}
+
+#[test]
+fn keys_are_renewed_after_rekey_after_messages_and_never_used_past_reject() {
+    let mut p = connected(None);
+    let id = p.status_a().id;
+    let set_sent = |p: &mut Pair, n: u64| {
+        let peer = p.a.engine.peers.get_mut(id).unwrap();
+        peer.session.as_mut().unwrap().current.sent = n;
+    };
+    let first = p.status_a().last_handshake.unwrap();
+
+    // One packet short of REKEY_AFTER_MESSAGES: it goes, and the next timer run re-handshakes.
+    set_sent(&mut p, REKEY_AFTER_MESSAGES - 1);
+    let since = MockClock::time();
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"last"));
+    p.settle();
+    assert!(p.b.tun_out.iter().any(|pkt| pkt.ends_with(b"last")));
+    p.advance(Duration::from_millis(300));
+    assert!(
+        p.inits_from_a_after(since) >= 1,
+        "no rekey after REKEY_AFTER_MESSAGES"
+    );
+    MockClock::advance(Duration::from_secs(2));
+    p.advance(Duration::from_millis(200));
+    assert!(p.status_a().last_handshake.unwrap() > first);
+
+    // At REJECT_AFTER_MESSAGES nothing more is encrypted under those keys: a handshake
+    // goes out instead, and traffic resumes under the new keys.
+    set_sent(&mut p, REJECT_AFTER_MESSAGES);
+    let delivered = p.b.tun_out.len();
+    let mut buf = vec![0u8; BUF];
+    let out =
+        p.a.engine
+            .handle_tunnel_packet(
+                Instant::now(),
+                &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x"),
+                &mut buf,
+            )
+            .map(|t| t.payload[0]);
+    assert_eq!(
+        out,
+        Some(TYPE_HANDSHAKE_INIT),
+        "encrypted past REJECT_AFTER_MESSAGES"
+    );
+    let init = buf[..148].to_vec();
+    p.deliver(p.a.addr, p.b.addr, &init);
+    p.settle();
+    assert_eq!(
+        p.b.tun_out.len(),
+        delivered,
+        "a packet went out under the used-up keys"
+    );
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"after"));
+    p.settle();
+    assert!(
+        p.b.tun_out.iter().any(|pkt| pkt.ends_with(b"after")),
+        "no traffic under new keys"
+    );
 }
