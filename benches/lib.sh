@@ -9,7 +9,9 @@
 #   CLEANUP_DEL_TRIES          how often it tries to delete a namespace
 #   IFA, IFB                   tunnel interface names ("" = none yet)
 #   TIME, RAW_OUT, KEEP_LOGS   --time, --raw, --keep-logs
-# and gets WORK and RESULTS from init_workdir, PY from find_python.
+# and gets WORK and RESULTS from init_workdir, PY from find_python.  Optional:
+#   TESTBED_EXTRA_IFS          more tunnel interface names whose API sockets cleanup_testbed
+#                              removes (default: none)
 
 # shellcheck disable=SC2034  # REPO_ROOT, PORT, WG_RUN: used by the scripts
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +28,7 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 #   FLAG_OPTS[--name]=VAR      --name sets VAR=1
 # and a usage function (-h/--help).  Anything else is an error (exit 2).
 declare -gA VALUE_OPTS=() EMPTY_OK_OPTS=() FLAG_OPTS=()
+declare -ga TESTBED_EXTRA_IFS=()
 parse_options() {
     local arg opt
     while [[ $# -gt 0 ]]; do
@@ -94,9 +97,9 @@ ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$1"; }
 
 # Kill every process inside the namespaces in TESTBED_NS (SIGTERM, then SIGKILL after
 # CLEANUP_TERM_TICKS x 0.1 s), delete the namespaces (up to CLEANUP_DEL_TRIES tries),
-# remove the WireGuard API sockets of IFA and IFB.  Idempotent; never fails.
+# remove the WireGuard API sockets of IFA, IFB and TESTBED_EXTRA_IFS.  Idempotent; never fails.
 cleanup_testbed() {
-    local ns pids p _
+    local ns pids p _ ifn
     for ns in "${TESTBED_NS[@]}"; do
         ns_exists "$ns" || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -119,6 +122,9 @@ cleanup_testbed() {
     done
     [[ -n "$IFA" ]] && rm -f "$WG_RUN/$IFA.sock"
     [[ -n "$IFB" ]] && rm -f "$WG_RUN/$IFB.sock"
+    for ifn in "${TESTBED_EXTRA_IFS[@]}"; do
+        [[ -n "$ifn" ]] && rm -f "$WG_RUN/$ifn.sock"
+    done
     return 0
 }
 
@@ -184,9 +190,7 @@ show_log() { # show_log FILE
 # prints a sitelinkd config with one [[peer]]: ADDRESS/24, MTU 1420, listening on PORT.
 # ENDPOINT "" = none (learned from the peer's handshake); KEEPALIVE "" = none.
 sitelink_conf() {
-    local ifn=$1 key=$2 addr=$3 name=$4 pub=$5 endpoint=$6 cidrs=$7 keepalive=${8:-}
-    local ips="" c
-    for c in $cidrs; do ips+="${ips:+, }\"$c\""; done
+    local ifn=$1 key=$2 addr=$3
     cat <<EOF
 [interface]
 name = "$ifn"
@@ -195,6 +199,17 @@ listen-port = $PORT
 address = ["$addr/24"]
 mtu = 1420
 
+EOF
+    sitelink_peer "${@:4}"
+}
+
+# sitelink_peer PEERNAME PEERPUB ENDPOINT "CIDR..." [KEEPALIVE]: prints one [[peer]] table
+# (ENDPOINT "" = none, KEEPALIVE "" = none); print more after a sitelink_conf for more peers.
+sitelink_peer() {
+    local name=$1 pub=$2 endpoint=$3 cidrs=$4 keepalive=${5:-}
+    local ips="" c
+    for c in $cidrs; do ips+="${ips:+, }\"$c\""; done
+    cat <<EOF
 [[peer]]
 name = "$name"
 public-key = "$pub"

@@ -113,6 +113,23 @@ pub struct InterfaceStatus {
     pub table: String,
     /// Packets the engine dropped, by reason (no_route, bad_source, unknown_key, ...).
     pub dropped: std::collections::BTreeMap<String, u64>,
+    /// What became of handshake messages (they wait in their own queue, behind a gate).
+    #[serde(default)]
+    pub handshakes: HandshakeCounters,
+}
+
+/// Handshake messages: queued for the handshake thread, dropped because the queue was full,
+/// let through to a handshake, dropped for their source's rate, answered with a cookie reply
+/// (under load), dropped because the cookie-reply budget was spent, or invalid (bad mac1).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandshakeCounters {
+    pub queued: u64,
+    pub queue_full: u64,
+    pub processed: u64,
+    pub rate_limited: u64,
+    pub cookie_replies: u64,
+    pub cookie_budget_spent: u64,
+    pub invalid: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

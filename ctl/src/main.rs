@@ -278,6 +278,13 @@ fn render(status: &Status, now: SystemTime) -> String {
     if !dropped.is_empty() {
         out += &format!("  dropped: {}\n", dropped.join(", "));
     }
+    let h = &i.handshakes;
+    if h.queue_full + h.rate_limited + h.cookie_replies + h.cookie_budget_spent > 0 {
+        out += &format!(
+            "  handshakes: {} queued, {} queue full, {} rate-limited, {} cookie replies, {} over the cookie budget\n",
+            h.queued, h.queue_full, h.rate_limited, h.cookie_replies, h.cookie_budget_spent
+        );
+    }
     let mut peers: Vec<&PeerStatus> = status.peers.iter().collect();
     peers.sort_by(|a, b| {
         b.latest_handshake
@@ -406,6 +413,7 @@ mod tests {
                 fwmark: Some(51820),
                 table: "auto".into(),
                 dropped: BTreeMap::new(),
+                handshakes: Default::default(),
             },
             peers: vec![
                 peer("never", None),

@@ -348,6 +348,7 @@ fn interface_status(state: &State, engine: &Engine) -> InterfaceStatus {
         fwmark: state.fwmark,
         table: iface.table.to_string(),
         dropped,
+        handshakes: state.handshakes.stats.snapshot(),
     }
 }
 

@@ -37,9 +37,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use sitelink_engine::{Engine, Instant, Received};
+use sitelink_engine::{handshake, Engine, Instant, Received};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::handshakes;
 use crate::udp::{canonical, canonical_ip, Udp};
 
 /// Largest IP packet or coalesced datagram buffer we ever handle.
@@ -100,8 +101,13 @@ impl Handle {
 
 pub struct DataPlane {
     pub tun: SyncDevice,
-    pub udp: Udp,
+    pub udp: Arc<Udp>,
     pub engine: Arc<Mutex<Engine>>,
+    /// Handshake messages go here, for the handshake thread; transport data never waits
+    /// behind them.
+    pub handshakes: Arc<handshakes::Queue>,
+    /// The socket the handshake thread answers from (kept in step with ours).
+    pub socket_slot: Arc<handshakes::SocketSlot>,
     /// Readable when the control plane has a command or wants the loop to stop.
     pub wake: UnixDatagram,
     pub commands: Receiver<Command>,
@@ -119,6 +125,8 @@ impl DataPlane {
         let mut io = Io {
             tun: &self.tun,
             udp: self.udp,
+            handshakes: &self.handshakes,
+            socket_slot: &self.socket_slot,
             state,
             gso: Gso::default(),
             out: TunBatch::default(),
@@ -234,7 +242,9 @@ impl Buffers {
 
 struct Io<'a> {
     tun: &'a SyncDevice,
-    udp: Udp,
+    udp: Arc<Udp>,
+    handshakes: &'a handshakes::Queue,
+    socket_slot: &'a handshakes::SocketSlot,
     state: UdpSocketState,
     gso: Gso,
     out: TunBatch,
@@ -246,7 +256,9 @@ struct Io<'a> {
 impl Io<'_> {
     /// Switches to a new UDP socket; the old one closes when dropped here.
     fn use_socket(&mut self, udp: Udp) -> io::Result<()> {
+        let udp = Arc::new(udp);
         self.state = UdpSocketState::new((&udp.socket).into())?;
+        *self.socket_slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&udp);
         let old = std::mem::replace(&mut self.udp, udp);
         tracing::info!(
             old_port = old.local_port().unwrap_or(0),
@@ -351,6 +363,12 @@ impl Io<'_> {
             let local = meta.dst_ip.map(canonical_ip);
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len].chunks(stride) {
+                if handshake::is_handshake(datagram) {
+                    // Served by the handshake thread, behind the gate; dropped (and counted)
+                    // if its queue is full.
+                    self.handshakes.push(from, local, datagram);
+                    continue;
+                }
                 match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {
                     Received::Tunnel(packet) => {
                         self.out.push(packet);
@@ -473,7 +491,7 @@ impl Gso {
 /// choice), waiting for buffer space up to `SEND_PATIENCE`: that is the back-pressure that
 /// slows TCP down instead of dropping its packets. A source address the kernel refuses (gone
 /// from the host) is dropped for this send and recorded in `stale`.
-fn send(
+pub(crate) fn send(
     udp: &Udp,
     state: &UdpSocketState,
     to: (SocketAddr, Option<IpAddr>),

@@ -11,6 +11,7 @@
 mod access;
 mod control;
 mod dataplane;
+mod handshakes;
 mod netlink;
 mod privilege;
 mod routes;
@@ -111,6 +112,7 @@ async fn serve(config: Config) -> Result<()> {
     let netlink = netlink::Netlink::open(index, iface.name.as_str())?;
     let (plane, commands, wake, stop) =
         dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
+    let queue = Arc::new(handshakes::Queue::default());
     let socket = udp.control_handle()?;
     let state = State::start(
         config,
@@ -119,12 +121,16 @@ async fn serve(config: Config) -> Result<()> {
         socket,
         listen_port,
         plane,
+        Arc::clone(&queue),
     )
     .await?;
     let state = Arc::new(tokio::sync::Mutex::new(state));
+    let udp = Arc::new(udp);
     let plane = dataplane::DataPlane {
         tun,
+        socket_slot: Arc::new(Mutex::new(Arc::clone(&udp))),
         udp,
+        handshakes: queue,
         engine,
         wake,
         commands,
@@ -194,6 +200,19 @@ async fn run_interface(
 
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_name = name.clone();
+    let (queue, stop) = (Arc::clone(&plane.handshakes), Arc::clone(&plane.stop));
+    let handshake_thread = {
+        let (engine, slot) = (Arc::clone(&plane.engine), Arc::clone(&plane.socket_slot));
+        let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+        let thread_name = name.clone();
+        std::thread::Builder::new()
+            .name("sitelink-handshakes".into())
+            .spawn(move || {
+                let _span = tracing::info_span!("handshakes", interface = %thread_name).entered();
+                handshakes::run(queue, engine, slot, stop)
+            })
+            .context("cannot start the handshake thread")?
+    };
     let thread = std::thread::Builder::new()
         .name("sitelink-packets".into())
         .spawn(move || {
@@ -230,9 +249,17 @@ async fn run_interface(
     }
     systemd::stopping();
     state.lock().await.plane.stop();
+    queue.wake();
     let loop_result = thread
         .join()
         .map_err(|_| anyhow::anyhow!("the packet thread panicked"))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    queue.wake();
+    match handshake_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("handshake thread: {e}"),
+        Err(_) => tracing::error!("the handshake thread panicked"),
+    }
     control::remove(&socket_path);
     control::remove(&uapi_path);
     loop_result.context("packet loop failed")

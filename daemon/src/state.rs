@@ -46,6 +46,8 @@ pub struct State {
     pub fwmark: Option<u32>,
     /// The packet loop's commands and wake-up.
     pub plane: dataplane::Handle,
+    /// The handshake queue (for its counters).
+    pub handshakes: Arc<crate::handshakes::Queue>,
     netlink: Netlink,
     /// The routes and rules `config` asks for (what the kernel has, as far as we made it).
     routing: Routing,
@@ -160,6 +162,7 @@ impl State {
         socket: UdpSocket,
         listen_port: u16,
         plane: dataplane::Handle,
+        handshakes: Arc<crate::handshakes::Queue>,
     ) -> Result<Self> {
         let iface = &config.interface;
         netlink
@@ -183,6 +186,7 @@ impl State {
             listen_port,
             fwmark: None,
             plane,
+            handshakes,
             netlink,
             routing: Routing::default(),
             index: PeerIndex::default(),

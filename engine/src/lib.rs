@@ -4,8 +4,9 @@
 //! (cryptokey routing, [`routing`]), which peer a datagram comes from (by public key or 24-bit
 //! receiver index, [`peers`]), the inbound source check, endpoint roaming and the sticky local
 //! address, peer deadlines ([`timers`]), session state created lazily and the hitless
-//! preshared-key hand-over ([`session`]), re-initiation of always-on links, the shared
-//! handshake rate limiter, and the counters status reports. Doesn't own: sockets, the TUN
+//! preshared-key hand-over ([`session`]), re-initiation of always-on links, the handshake
+//! gate that runs in front of it under floods ([`handshake`]: mac1, cookies under load,
+//! per-source limits), and the counters status reports. Doesn't own: sockets, the TUN
 //! device, the clock, DNS, logging sinks; the caller (sitelinkd) does all I/O and passes time
 //! in.
 //!
@@ -38,6 +39,7 @@
 // Tests may unwrap: a panic there is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod handshake;
 mod log_limit;
 pub mod peers;
 pub mod routing;
@@ -78,10 +80,10 @@ pub const OVERHEAD: usize = 32;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Minimum spacing of our own re-initiations of an expired link.
 const REINIT_INTERVAL: Duration = Duration::from_secs(5);
-/// Handshake messages per second before cookie replies are demanded. Every initiation
-/// passes the shared limiter twice (our mac1 pre-check before the expensive anonymous
-/// parse, then `decapsulate`), so this is twice the effective limit of 100/s.
-const HANDSHAKE_RATE_LIMIT: u64 = 200;
+/// The load limit of the limiter the sessions share: never reached. The load policy (cookies
+/// under load, per-source limits) is the [`handshake::HandshakeGate`]'s, in front of the
+/// engine; the shared limiter only checks mac1.
+const HANDSHAKE_RATE_LIMIT: u64 = u64::MAX;
 
 /// Packets under one session's keys before a new handshake is started, and before the keys
 /// may not be used at all (whitepaper §6.1; boringtun enforces neither).
@@ -274,6 +276,18 @@ impl Engine {
     /// The routing table as it is now (a cheap snapshot).
     pub fn routes(&self) -> Arc<RoutingTable<PeerId>> {
         Arc::clone(&self.routes)
+    }
+
+    /// A handshake gate for our current key (`None` without one), to run in front of the
+    /// engine on the thread that serves handshake messages. Build a new one when
+    /// [`Engine::public_key`] changes.
+    pub fn handshake_gate(&self, now: Instant) -> Option<handshake::HandshakeGate> {
+        let identity = self.identity.as_ref()?;
+        Some(handshake::HandshakeGate::new(
+            identity.key,
+            Arc::clone(&identity.limiter),
+            now,
+        ))
     }
 
     /// Peers with a deadline pending (stale entries included): what timer work costs.
@@ -592,6 +606,11 @@ impl Engine {
                 src: local,
                 payload: &buf[r],
             }),
+            Step::NetworkTo(dst, src, r) => Received::Network(Transmit {
+                dst,
+                src,
+                payload: &buf[r],
+            }),
         }
     }
 
@@ -630,7 +649,25 @@ impl Engine {
         let kind = datagram[0];
         let base = buf.as_ptr() as usize;
         let (step, authenticated) = match tunnel.tunn.decapsulate(Some(from.ip()), datagram, buf) {
-            TunnResult::Done => (Step::Nothing, kind != TYPE_COOKIE_REPLY),
+            TunnResult::Done if kind == TYPE_COOKIE_REPLY => {
+                // The responder is under load and gave us a cookie: initiate again now, with
+                // it, rather than at the next retry five seconds on (a peer connecting during
+                // a flood at the responder gets through in a round trip). Sent to the peer's
+                // endpoint: a cookie reply never moves it.
+                let retry = match (
+                    peer.endpoint,
+                    tunnel.tunn.format_handshake_initiation(buf, true),
+                ) {
+                    (Some(endpoint), TunnResult::WriteToNetwork(out)) => {
+                        peer.tx_bytes += out.len() as u64;
+                        peer.last_sent = Some(now);
+                        Step::NetworkTo(endpoint, peer.local, range_of(base, out))
+                    }
+                    _ => Step::Nothing,
+                };
+                (retry, false)
+            }
+            TunnResult::Done => (Step::Nothing, true),
             TunnResult::Err(e) => {
                 self.counters.invalid += 1;
                 if let Some(n) = self.log.allow(LogKind::Refused, now) {
@@ -1147,7 +1184,10 @@ enum Step {
     Nothing,
     Dropped,
     Tunnel(Range<usize>),
+    /// A reply to the datagram's source.
     Network(Range<usize>),
+    /// A datagram to a peer's endpoint, from its sticky local address.
+    NetworkTo(SocketAddr, Option<IpAddr>, Range<usize>),
 }
 
 /// The inbound source check: a decrypted packet is accepted only if the longest prefix

@@ -332,67 +332,145 @@ fn endpoint_roams_on_authenticated_packets_only() {
     assert_eq!(p.b.tun_out.len(), 2);
 }
 
-#[test]
-fn under_load_a_cookie_reply_goes_to_the_source_and_does_not_roam() {
-    let mut p = pair(None);
-    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
-    p.settle();
-    // Flood B with well-formed initiations (valid mac1) from an unknown key.
-    let (stranger, _) = key();
-    let b_pub = x25519::PublicKey::from(*p.a.engine.peers().next().unwrap().public_key.as_bytes());
-    let mut flood = Tunn::new(
-        x25519::StaticSecret::from(*stranger.as_bytes()),
-        b_pub,
-        None,
-        None,
-        1,
-        None,
-    );
-    let attacker: SocketAddr = "198.18.6.6:666".parse().unwrap();
+/// Valid-mac1 initiations from a key B does not know, each from its own Tunn.
+fn stranger_initiations(to: PublicKey, n: usize) -> Vec<Vec<u8>> {
+    let target = x25519::PublicKey::from(*to.as_bytes());
     let mut buf = vec![0u8; BUF];
-    let mut cookie_to = None;
-    for _ in 0..300 {
-        let init = match flood.format_handshake_initiation(&mut buf, true) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            _ => panic!("no initiation"),
-        };
-        if let Some(dst) = p.deliver(attacker, p.b.addr, &init) {
-            cookie_to = Some(dst);
-        }
-    }
-    assert_eq!(
-        cookie_to,
-        Some(attacker),
-        "no cookie reply to the flooding source"
-    );
-    assert!(p.b.engine.counters().cookie_replies > 0);
-    assert!(p.b.engine.counters().unknown_key > 0);
+    (0..n)
+        .map(|i| {
+            let (stranger, _) = key();
+            let mut t = Tunn::new(
+                x25519::StaticSecret::from(*stranger.as_bytes()),
+                target,
+                None,
+                None,
+                i as u32 + 1,
+                None,
+            );
+            match t.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(d) => d.to_vec(),
+                _ => panic!("no initiation"),
+            }
+        })
+        .collect()
+}
 
-    // A genuine re-handshake from A arriving at a new address while B is under load gets a
-    // cookie reply, which must not move A's endpoint.
+/// A's initiation to B (for its session), as A's engine makes it now.
+fn initiation_from_a(p: &mut Pair) -> Vec<u8> {
+    let mut buf = vec![0u8; BUF];
+    let id = p.status_a().id;
+    let peer = p.a.engine.peers.get_mut(id).unwrap();
+    let session = peer.session.as_mut().unwrap();
+    match session
+        .current
+        .tunn
+        .format_handshake_initiation(&mut buf, true)
+    {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+#[test]
+fn the_gate_limits_each_source_and_demands_cookies_under_load() {
+    use crate::handshake::{Dropped, Verdict};
+    let mut p = connected(None);
+    let b_key = p.b.engine.public_key().unwrap();
+    let mut gate = p.b.engine.handshake_gate(Instant::now()).unwrap();
+    assert_eq!(gate.key(), b_key);
+    let flood = stranger_initiations(b_key, 40);
+    let attacker: SocketAddr = "198.18.6.6:666".parse().unwrap();
+    let mut reply = vec![0u8; BUF];
+
+    // Not under load: a source gets its burst of 5, then it is limited (no cookie, no DH).
+    let verdicts: Vec<String> = flood[..8]
+        .iter()
+        .map(|d| {
+            format!(
+                "{:?}",
+                gate.check(Instant::now(), attacker, d, false, &mut reply)
+            )
+        })
+        .collect();
+    assert!(verdicts[..5].iter().all(|v| v == "Process"), "{verdicts:?}");
+    assert!(
+        verdicts[5..].iter().all(|v| v.contains("RateLimited")),
+        "{verdicts:?}"
+    );
+    // ... and refills at 20 a second.
+    MockClock::advance(Duration::from_millis(100));
+    assert!(matches!(
+        gate.check(Instant::now(), attacker, &flood[8], false, &mut reply),
+        Verdict::Process
+    ));
+
+    // Under load: a fresh source without a cookie gets a cookie reply, sent to it.
+    let other: SocketAddr = "198.18.6.7:666".parse().unwrap();
+    match gate.check(Instant::now(), other, &flood[9], true, &mut reply) {
+        Verdict::Cookie(c) => assert_eq!((c.len(), c[0]), (64, TYPE_COOKIE_REPLY)),
+        v => panic!("expected a cookie reply, got {v:?}"),
+    }
+    // Garbage and bad MACs are dropped as invalid.
+    let mut forged = flood[10].clone();
+    forged[100] ^= 1;
+    let third: SocketAddr = "198.18.6.8:1".parse().unwrap();
+    assert!(matches!(
+        gate.check(Instant::now(), third, &forged, true, &mut reply),
+        Verdict::Drop(Dropped::Invalid)
+    ));
+    assert!(matches!(
+        gate.check(Instant::now(), third, &[4u8; 32], false, &mut reply),
+        Verdict::Drop(Dropped::Invalid)
+    ));
+    let c = gate.counters();
+    assert_eq!((c.rate_limited, c.cookie_replies), (3, 1));
+    assert_eq!(c.invalid, 2);
+}
+
+#[test]
+fn under_load_a_genuine_peer_gets_a_cookie_then_completes_and_never_roams_on_it() {
+    use crate::handshake::Verdict;
+    let mut p = connected(None);
+    let mut gate = p.b.engine.handshake_gate(Instant::now()).unwrap();
+    let first = p.status_b().last_handshake;
+    let mut reply = vec![0u8; BUF];
     let moved: SocketAddr = "198.18.7.7:40000".parse().unwrap();
-    let init = {
-        let mut buf = vec![0u8; BUF];
-        let id = p.status_a().id;
-        let peer = p.a.engine.peers.get_mut(id).unwrap();
-        let session = peer.session.as_mut().unwrap();
-        match session
-            .current
-            .tunn
-            .format_handshake_initiation(&mut buf, true)
-        {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            _ => panic!("no initiation"),
-        }
+
+    // A re-handshakes from a new address while B is under load: a cookie reply, which goes to
+    // the source and moves nothing (the engine never sees the initiation).
+    let init = initiation_from_a(&mut p);
+    let cookie = match gate.check(Instant::now(), moved, &init, true, &mut reply) {
+        Verdict::Cookie(c) => c.to_vec(),
+        v => panic!("expected a cookie reply, got {v:?}"),
     };
-    let reply = p.deliver(moved, p.b.addr, &init);
-    assert_eq!(reply, Some(moved));
-    let (_, _, last) = p.sent.last().unwrap();
-    assert_eq!(last[0], TYPE_COOKIE_REPLY);
     assert_eq!(
         p.status_b().endpoint,
         Some(p.a.addr),
-        "endpoint moved on a cookie reply"
+        "endpoint moved on a cookie round"
+    );
+    assert_eq!(p.status_b().last_handshake, first);
+
+    // A takes the cookie (never roaming on it either), and its next initiation carries mac2:
+    // the gate lets it through under load, and the handshake completes.
+    p.deliver(p.b.addr, p.a.addr, &cookie);
+    assert_eq!(p.status_a().endpoint, Some(p.b.addr));
+    MockClock::advance(Duration::from_secs(2));
+    let init = initiation_from_a(&mut p);
+    assert!(matches!(
+        gate.check(Instant::now(), moved, &init, true, &mut reply),
+        Verdict::Process
+    ));
+    p.deliver(moved, p.b.addr, &init);
+    p.settle();
+    p.advance(Duration::from_millis(300));
+    assert!(
+        p.status_b().last_handshake > first,
+        "the cookie holder did not get through"
+    );
+    assert_eq!(
+        p.status_b().endpoint,
+        Some(moved),
+        "an authenticated handshake roams"
     );
 }
 

@@ -1,0 +1,279 @@
+//! The handshake thread and its queue: handshake messages never wait in front of transport
+//! data, and a flood of them cannot take the packet loop.
+//!
+//! Owns: a bounded queue the packet loop puts handshake messages into (dropping, counted, what
+//! does not fit), the thread that serves it, the judgment of "under load" (the queue filling,
+//! as WireGuard's kernel module judges it), sending cookie replies and handshake answers, and
+//! the counters `show` reports. Doesn't own: what a message deserves (the engine's
+//! [`HandshakeGate`], asked without the engine's lock) or the handshake itself (the engine,
+//! locked only for messages the gate lets through).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use quinn_udp::UdpSocketState;
+use sitelink_config::control::HandshakeCounters;
+use sitelink_engine::handshake::{HandshakeGate, Verdict};
+use sitelink_engine::{Engine, Instant, Received};
+
+use crate::dataplane::{self, lock};
+use crate::udp::Udp;
+
+/// Messages the queue holds (the kernel module's MAX_QUEUED_INCOMING_HANDSHAKES).
+pub const QUEUE_CAPACITY: usize = 4096;
+/// Queue depth from which the interface is under load: cookies are demanded.
+const LOAD_DEPTH: usize = QUEUE_CAPACITY / 8;
+/// How long "under load" lasts after the queue was last that deep.
+const LOAD_HOLD: Duration = Duration::from_secs(1);
+/// Messages taken from the queue at a time.
+const BATCH: usize = 64;
+/// The longest handshake message (an initiation).
+const MAX_MESSAGE: usize = 148;
+
+/// A handshake message waiting for the thread.
+struct Message {
+    from: SocketAddr,
+    local: Option<IpAddr>,
+    len: usize,
+    bytes: [u8; MAX_MESSAGE],
+}
+
+/// What the handshake path did, for `show --json` (`interface.handshakes`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages put in the queue.
+    pub queued: AtomicU64,
+    /// Messages dropped because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Messages the gate let through to the engine.
+    pub processed: AtomicU64,
+    /// Messages dropped because their source sent more than its share.
+    pub rate_limited: AtomicU64,
+    /// Cookie replies sent (under load, to initiations without a cookie).
+    pub cookie_replies: AtomicU64,
+    /// Initiations dropped under load because the cookie-reply budget was spent.
+    pub cookie_budget_spent: AtomicU64,
+    /// Messages with a bad mac1 or shape.
+    pub invalid: AtomicU64,
+    /// Batches served while under load.
+    pub under_load_batches: AtomicU64,
+}
+
+impl Stats {
+    /// The counters as `show` reports them.
+    pub fn snapshot(&self) -> HandshakeCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HandshakeCounters {
+            queued: get(&self.queued),
+            queue_full: get(&self.queue_full),
+            processed: get(&self.processed),
+            rate_limited: get(&self.rate_limited),
+            cookie_replies: get(&self.cookie_replies),
+            cookie_budget_spent: get(&self.cookie_budget_spent),
+            invalid: get(&self.invalid),
+        }
+    }
+}
+
+/// The bounded queue between the packet loop and the handshake thread.
+pub struct Queue {
+    messages: Mutex<VecDeque<Message>>,
+    ready: Condvar,
+    pub stats: Stats,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            messages: Mutex::new(VecDeque::with_capacity(QUEUE_CAPACITY)),
+            ready: Condvar::new(),
+            stats: Stats::default(),
+        }
+    }
+}
+
+impl Queue {
+    /// Hands a handshake message over (the packet loop calls this, never waiting). Returns
+    /// whether it fit.
+    pub fn push(&self, from: SocketAddr, local: Option<IpAddr>, datagram: &[u8]) -> bool {
+        if datagram.len() > MAX_MESSAGE {
+            return false;
+        }
+        let mut messages = self
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if messages.len() >= QUEUE_CAPACITY {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut bytes = [0u8; MAX_MESSAGE];
+        bytes[..datagram.len()].copy_from_slice(datagram);
+        messages.push_back(Message {
+            from,
+            local,
+            len: datagram.len(),
+            bytes,
+        });
+        drop(messages);
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Takes up to `max` messages into `out`, waiting up to `wait` for the first. Returns the
+    /// depth the queue had (for the load judgment).
+    fn pop_batch(&self, out: &mut Vec<Message>, max: usize, wait: Duration) -> usize {
+        let messages = self
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (mut messages, _) = self
+            .ready
+            .wait_timeout_while(messages, wait, |m| m.is_empty())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let depth = messages.len();
+        let n = depth.min(max);
+        out.extend(messages.drain(..n));
+        depth
+    }
+
+    /// Wakes the thread (to see `stop`).
+    pub fn wake(&self) {
+        self.ready.notify_all();
+    }
+}
+
+/// The socket the thread answers from: the packet loop's, replaced when the listen port moves.
+pub type SocketSlot = Mutex<Arc<Udp>>;
+
+/// Serves the queue until `stop`.
+pub fn run(
+    queue: Arc<Queue>,
+    engine: Arc<Mutex<Engine>>,
+    socket: Arc<SocketSlot>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let mut gate: Option<HandshakeGate> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut reply = vec![0u8; 65536];
+    let mut out = Outbox::default();
+    let mut loaded_until: Option<Instant> = None;
+    let mut sender: Option<(Arc<Udp>, UdpSocketState)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        batch.clear();
+        let depth = queue.pop_batch(&mut batch, BATCH, Duration::from_millis(200));
+        if batch.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        if depth >= LOAD_DEPTH {
+            loaded_until = Some(now + LOAD_HOLD);
+        }
+        let under_load = loaded_until.is_some_and(|until| now < until);
+        if under_load {
+            queue
+                .stats
+                .under_load_batches
+                .fetch_add(1, Ordering::Relaxed);
+        }
+
+        // The gate must check MACs against our current key.
+        let key = lock(&engine).public_key();
+        if gate.as_ref().map(HandshakeGate::key) != key {
+            gate = lock(&engine).handshake_gate(now);
+        }
+        let Some(gate) = gate.as_mut() else {
+            continue;
+        };
+        let before = gate.counters();
+        let mut passed = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            match gate.check(now, m.from, &m.bytes[..m.len], under_load, &mut reply) {
+                Verdict::Process => passed.push(i),
+                Verdict::Cookie(cookie) => out.push(m.from, m.local, cookie),
+                Verdict::Drop(_) => {}
+            }
+        }
+        let after = gate.counters();
+        let stats = &queue.stats;
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        add(&stats.processed, after.passed - before.passed);
+        add(
+            &stats.rate_limited,
+            after.rate_limited - before.rate_limited,
+        );
+        add(
+            &stats.cookie_replies,
+            after.cookie_replies - before.cookie_replies,
+        );
+        add(
+            &stats.cookie_budget_spent,
+            after.cookie_budget_spent - before.cookie_budget_spent,
+        );
+        add(&stats.invalid, after.invalid - before.invalid);
+
+        if !passed.is_empty() {
+            let mut engine = lock(&engine);
+            for &i in &passed {
+                let m = &batch[i];
+                if let Received::Network(t) =
+                    engine.handle_datagram(now, m.from, m.local, &m.bytes[..m.len], &mut reply)
+                {
+                    out.push(t.dst, t.src, t.payload);
+                }
+            }
+            // Packets queued behind a completed handshake, and anything else now due.
+            while let Some(t) = engine.poll_transmit(&mut reply) {
+                out.push(t.dst, t.src, t.payload);
+            }
+        }
+
+        // Answer from the packet loop's current socket (it moves with the listen port).
+        let current = Arc::clone(&socket.lock().unwrap_or_else(|p| p.into_inner()));
+        if sender
+            .as_ref()
+            .is_none_or(|(s, _)| !Arc::ptr_eq(s, &current))
+        {
+            let state = UdpSocketState::new((&current.socket).into())?;
+            sender = Some((current, state));
+        }
+        if let Some((udp, state)) = &sender {
+            let stale = out.send(udp, state);
+            if !stale.is_empty() {
+                let mut engine = lock(&engine);
+                for (dst, src) in stale {
+                    engine.forget_source(dst, src);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Datagrams to send at the end of a batch.
+#[derive(Default)]
+struct Outbox {
+    items: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)>,
+}
+
+impl Outbox {
+    fn push(&mut self, dst: SocketAddr, src: Option<IpAddr>, payload: &[u8]) {
+        self.items.push((dst, src, payload.to_vec()));
+    }
+
+    /// Sends everything; returns the sticky sources that turned out to be gone.
+    fn send(&mut self, udp: &Udp, state: &UdpSocketState) -> Vec<(SocketAddr, IpAddr)> {
+        let mut stale = Vec::new();
+        for (dst, src, payload) in self.items.drain(..) {
+            dataplane::send(udp, state, (dst, src), &payload, None, &mut stale);
+        }
+        stale
+    }
+}

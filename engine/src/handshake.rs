@@ -1,0 +1,255 @@
+//! The handshake gate: what becomes of a handshake message before the engine spends a
+//! Diffie-Hellman on it.
+//!
+//! Owns: the cheap checks (message shape, mac1), the load policy (cookies demanded under load,
+//! as WireGuard's kernel module does), per-source rate limits and the budget of cookie replies.
+//! Doesn't own: the queue the messages wait in or the thread that serves it (the daemon's),
+//! nor the handshake itself (the engine's, once the gate says [`Verdict::Process`]).
+//!
+//! Anyone may send initiations with a valid mac1: our public key is no secret. So the data path
+//! never handles handshake messages; they wait in a bounded queue served by their own thread,
+//! which asks the gate first, without the engine's lock:
+//! - every source address (an IPv4 address, an IPv6 /64) may pass about 20 handshake messages a
+//!   second, bursts of 5 (the kernel module's numbers); more is dropped and counted;
+//! - under load (the caller says when: its queue filling), an initiation must carry a valid
+//!   mac2, i.e. a cookie we gave its source: without one it gets a cookie reply instead of a
+//!   handshake, from a budget of [`COOKIE_BUDGET`] replies a second, so a flood costs a MAC and
+//!   at most a bounded number of replies, never a Diffie-Hellman;
+//! - handshake responses answer our own initiations and cookie replies carry no MAC: both pass
+//!   the per-source limit only.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::TunnResult;
+use boringtun::x25519;
+use sitelink_config::PublicKey;
+
+use crate::Instant;
+
+/// Handshake messages a second one source may send, and the burst it may save up.
+pub const PER_SOURCE_RATE: f64 = 20.0;
+pub const PER_SOURCE_BURST: f64 = 5.0;
+/// Cookie replies a second, in all.
+pub const COOKIE_BUDGET: f64 = 10_000.0;
+/// Sources tracked at once; beyond that, new sources are refused until old ones age out.
+const MAX_SOURCES: usize = 65_536;
+/// A source idle this long is forgotten (its bucket is full again anyway).
+const SOURCE_IDLE: Duration = Duration::from_secs(1);
+
+const TYPE_HANDSHAKE_INIT: u8 = 1;
+const TYPE_HANDSHAKE_RESPONSE: u8 = 2;
+const TYPE_COOKIE_REPLY: u8 = 3;
+const INIT_LEN: usize = 148;
+const RESPONSE_LEN: usize = 92;
+const COOKIE_REPLY_LEN: usize = 64;
+
+/// Whether a datagram is a handshake message (initiation, response or cookie reply), by its
+/// type and length: what the data path hands to the handshake queue.
+pub fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.first(), datagram.len()),
+        (Some(&TYPE_HANDSHAKE_INIT), INIT_LEN)
+            | (Some(&TYPE_HANDSHAKE_RESPONSE), RESPONSE_LEN)
+            | (Some(&TYPE_COOKIE_REPLY), COOKIE_REPLY_LEN)
+    )
+}
+
+/// What to do with a handshake message.
+#[derive(Debug)]
+pub enum Verdict<'a> {
+    /// Give it to the engine.
+    Process,
+    /// Send this cookie reply to the source instead.
+    Cookie(&'a [u8]),
+    /// Drop it (counted under the reason).
+    Drop(Dropped),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not a handshake message, or a bad mac1.
+    Invalid,
+    /// The source sent more than its share.
+    RateLimited,
+    /// Under load, without a cookie, and the cookie budget was spent.
+    CookieBudget,
+}
+
+/// What the gate did, for status and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GateCounters {
+    pub passed: u64,
+    pub cookie_replies: u64,
+    pub rate_limited: u64,
+    pub invalid: u64,
+    pub cookie_budget_spent: u64,
+}
+
+/// See the module docs. One per handshake thread; built from the engine's identity (and built
+/// again when it changes: [`HandshakeGate::key`]).
+pub struct HandshakeGate {
+    key: PublicKey,
+    /// Checks mac1 only (never "under load"): the limiter the engine's sessions share.
+    normal: Arc<RateLimiter>,
+    /// Always "under load": checks mac2 and makes cookie replies. Its cookie secret is its own,
+    /// so the cookies it hands out are the ones it accepts.
+    loaded: RateLimiter,
+    sources: HashMap<SourceKey, Bucket>,
+    cookies: Bucket,
+    counters: GateCounters,
+}
+
+impl HandshakeGate {
+    /// A gate for the interface key `key`, sharing `normal` (see
+    /// [`crate::Engine::handshake_gate`]).
+    pub(crate) fn new(key: PublicKey, normal: Arc<RateLimiter>, now: Instant) -> Self {
+        let public = x25519::PublicKey::from(*key.as_bytes());
+        Self {
+            key,
+            normal,
+            loaded: RateLimiter::new(&public, 0),
+            sources: HashMap::new(),
+            cookies: Bucket::full(COOKIE_BUDGET, now),
+            counters: GateCounters::default(),
+        }
+    }
+
+    /// The interface key this gate checks MACs for.
+    pub fn key(&self) -> PublicKey {
+        self.key
+    }
+
+    pub fn counters(&self) -> GateCounters {
+        self.counters
+    }
+
+    /// Decides about `datagram` from `from`. `under_load`: the queue is filling, so cookies
+    /// are demanded. `reply` receives a cookie reply (64 bytes or more).
+    pub fn check<'b>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        under_load: bool,
+        reply: &'b mut [u8],
+    ) -> Verdict<'b> {
+        if !is_handshake(datagram) {
+            return self.drop(Dropped::Invalid);
+        }
+        if !self.allow_source(from.ip(), now) {
+            return self.drop(Dropped::RateLimited);
+        }
+        if datagram[0] == TYPE_COOKIE_REPLY {
+            return self.pass();
+        }
+        if self
+            .normal
+            .verify_packet(Some(from.ip()), datagram, reply)
+            .is_err()
+        {
+            return self.drop(Dropped::Invalid);
+        }
+        if !under_load || datagram[0] == TYPE_HANDSHAKE_RESPONSE {
+            return self.pass();
+        }
+        let base = reply.as_ptr() as usize;
+        match self.loaded.verify_packet(Some(from.ip()), datagram, reply) {
+            Ok(_) => self.pass(),
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                let range = {
+                    let start = (cookie.as_ptr() as usize).saturating_sub(base);
+                    start..start + cookie.len()
+                };
+                if !self.cookies.take(now, COOKIE_BUDGET, COOKIE_BUDGET) {
+                    return self.drop(Dropped::CookieBudget);
+                }
+                self.counters.cookie_replies += 1;
+                Verdict::Cookie(&reply[range])
+            }
+            Err(_) => self.drop(Dropped::Invalid),
+        }
+    }
+
+    fn pass(&mut self) -> Verdict<'static> {
+        self.counters.passed += 1;
+        Verdict::Process
+    }
+
+    fn drop(&mut self, why: Dropped) -> Verdict<'static> {
+        match why {
+            Dropped::Invalid => self.counters.invalid += 1,
+            Dropped::RateLimited => self.counters.rate_limited += 1,
+            Dropped::CookieBudget => self.counters.cookie_budget_spent += 1,
+        }
+        Verdict::Drop(why)
+    }
+
+    /// Takes a token from the source's bucket.
+    fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let key = SourceKey::of(ip);
+        if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
+            self.sources
+                .retain(|_, b| now.saturating_duration_since(b.at) < SOURCE_IDLE);
+            if self.sources.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        self.sources
+            .entry(key)
+            .or_insert_with(|| Bucket::full(PER_SOURCE_BURST, now))
+            .take(now, PER_SOURCE_RATE, PER_SOURCE_BURST)
+    }
+}
+
+/// What a per-source limit keys on: an IPv4 address, or an IPv6 /64 (one host's share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(u32),
+    V6(u64),
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => SourceKey::V4(a.into()),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4.into()),
+                // The top 64 bits of the address: its /64.
+                None => SourceKey::V6((u128::from(a) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Refills at `rate` a second up to `burst`, then takes one token if there is one.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
