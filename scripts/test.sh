@@ -11,9 +11,10 @@ fi
 
 # iproute2: ip netns/veth; wireguard-tools + wireguard-go: the interop peer;
 # iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv;
-# systemd: systemd-analyze for the unit checks; python3: a slow socket client run as nobody. (packaging/test-deb.sh installs debootstrap,
+# systemd: systemd-analyze for the unit checks; python3: a slow socket client run as nobody;
+# libfaketime: a gateway whose clock is an hour behind (tests/faults.rs). (packaging/test-deb.sh installs debootstrap,
 # lintian and cargo-deb itself.)
-packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3)
+packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3 libfaketime)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

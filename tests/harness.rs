@@ -199,6 +199,12 @@ impl Process {
         None
     }
 
+    /// SIGKILL (a crash: no clean-up of its own) and waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
@@ -418,9 +424,28 @@ impl Sites {
         self.sitelinkd_env(gw, config, &[])
     }
 
+    /// [`Sites::sitelinkd`] with more environment. Each gateway has its own state directory
+    /// (`STATE_DIRECTORY`, as systemd gives the unit), kept across restarts, and each start
+    /// its own log file (`NAME.log`, `NAME-2.log`, ...).
     pub fn sitelinkd_env(&self, gw: &Netns, config: &Path, env: &[(&str, &str)]) -> Process {
-        let log = self.dir.0.join(format!("{}.log", gw.name));
-        spawn_sitelinkd(gw, config, &self.run_dir, log, env)
+        let log = (1..)
+            .map(|n| match n {
+                1 => self.dir.0.join(format!("{}.log", gw.name)),
+                n => self.dir.0.join(format!("{}-{n}.log", gw.name)),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let state = self.state_dir(gw);
+        fs::create_dir_all(&state).expect("state directory");
+        let state = state.display().to_string();
+        let mut all = vec![("STATE_DIRECTORY", state.as_str())];
+        all.extend_from_slice(env);
+        spawn_sitelinkd(gw, config, &self.run_dir, log, &all)
+    }
+
+    /// The state directory of the sitelinkd in `gw`.
+    pub fn state_dir(&self, gw: &Netns) -> PathBuf {
+        self.dir.0.join(format!("state-{}", gw.name))
     }
 
     /// Waits until sitelinkd's control socket for `iface` answers `show`.

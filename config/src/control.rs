@@ -120,7 +120,8 @@ pub struct InterfaceStatus {
 
 /// Handshake messages: queued for the handshake thread, dropped because the queue was full,
 /// let through to a handshake, dropped for their source's rate, answered with a cookie reply
-/// (under load), dropped because the cookie-reply budget was spent, or invalid (bad mac1).
+/// (under load), dropped because the cookie-reply budget was spent, invalid (bad mac1), or from
+/// an unknown key.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HandshakeCounters {
     pub queued: u64,
@@ -130,6 +131,9 @@ pub struct HandshakeCounters {
     pub cookie_replies: u64,
     pub cookie_budget_spent: u64,
     pub invalid: u64,
+    /// Initiations from keys that are not our peers (opened, then dropped).
+    #[serde(default)]
+    pub unknown_key: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

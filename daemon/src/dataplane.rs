@@ -500,6 +500,8 @@ pub(crate) fn send(
     stale: &mut Vec<(SocketAddr, IpAddr)>,
 ) {
     let (dst, mut src) = to;
+    // A source the kernel found no route from, retried without it: stale if that works.
+    let mut unroutable = None;
     let deadline = std::time::Instant::now() + SEND_PATIENCE;
     loop {
         let transmit = Transmit {
@@ -510,7 +512,10 @@ pub(crate) fn send(
             src_ip: src,
         };
         match state.try_send((&udp.socket).into(), &transmit) {
-            Ok(()) => return,
+            Ok(()) => {
+                stale.extend(unroutable.map(|gone| (dst, gone)));
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
@@ -530,6 +535,17 @@ pub(crate) fn send(
                 if let Some(gone) = src.take() {
                     stale.push((dst, gone));
                 }
+            }
+            // Our address left together with its subnet's route (a WAN renumbered): the
+            // kernel finds no route from it. The kernel's own choice may still have one.
+            Err(e)
+                if src.is_some()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+                    ) =>
+            {
+                unroutable = src.take();
             }
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "UDP send failed");

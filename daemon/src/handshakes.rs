@@ -59,6 +59,8 @@ pub struct Stats {
     pub cookie_budget_spent: AtomicU64,
     /// Messages with a bad mac1 or shape.
     pub invalid: AtomicU64,
+    /// Initiations that opened with our key but came from a key that is not a peer.
+    pub unknown_key: AtomicU64,
     /// Batches served while under load.
     pub under_load_batches: AtomicU64,
 }
@@ -75,6 +77,7 @@ impl Stats {
             cookie_replies: get(&self.cookie_replies),
             cookie_budget_spent: get(&self.cookie_budget_spent),
             invalid: get(&self.invalid),
+            unknown_key: get(&self.unknown_key),
         }
     }
 }
@@ -191,10 +194,13 @@ pub fn run(
             continue;
         };
         let before = gate.counters();
+        // (message, the initiation's sender): what the gate let through, to check against
+        // the peers under one short lock.
         let mut passed = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             match gate.check(now, m.from, &m.bytes[..m.len], under_load, &mut reply) {
-                Verdict::Process => passed.push(i),
+                Verdict::Process => passed.push((i, None)),
+                Verdict::Initiation(key) => passed.push((i, Some(key))),
                 Verdict::Cookie(cookie) => out.push(m.from, m.local, cookie),
                 Verdict::Drop(_) => {}
             }
@@ -204,7 +210,6 @@ pub fn run(
         let add = |c: &AtomicU64, n: u64| {
             c.fetch_add(n, Ordering::Relaxed);
         };
-        add(&stats.processed, after.passed - before.passed);
         add(
             &stats.rate_limited,
             after.rate_limited - before.rate_limited,
@@ -221,7 +226,14 @@ pub fn run(
 
         if !passed.is_empty() {
             let mut engine = lock(&engine);
-            for &i in &passed {
+            let (mut processed, mut unknown) = (0, 0);
+            for &(i, sender) in &passed {
+                if sender.is_some_and(|key| engine.peer_by_key(&key).is_none()) {
+                    // A stranger: dropped without a second Diffie-Hellman under the lock.
+                    unknown += 1;
+                    continue;
+                }
+                processed += 1;
                 let m = &batch[i];
                 if let Received::Network(t) =
                     engine.handle_datagram(now, m.from, m.local, &m.bytes[..m.len], &mut reply)
@@ -233,6 +245,9 @@ pub fn run(
             while let Some(t) = engine.poll_transmit(&mut reply) {
                 out.push(t.dst, t.src, t.payload);
             }
+            drop(engine);
+            add(&stats.processed, processed);
+            add(&stats.unknown_key, unknown);
         }
 
         // Answer from the packet loop's current socket (it moves with the listen port).

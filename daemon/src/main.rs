@@ -13,6 +13,7 @@ mod control;
 mod dataplane;
 mod handshakes;
 mod netlink;
+mod persist;
 mod privilege;
 mod routes;
 mod sockopt;
@@ -223,10 +224,14 @@ async fn run_interface(
         })
         .context("cannot start the packet thread")?;
 
+    let memory = persist::path(name.as_str()).map(persist::Memory::new);
+    if let Some(memory) = &memory {
+        restore(&*state.lock().await, memory.path());
+    }
     tracing::info!(interface = %name, public_key = %public_key, listen_port, peers,
         control = %socket_path.display(), "sitelinkd running");
     systemd::ready(&state.lock().await.status_line());
-    tokio::spawn(report_status(Arc::clone(&state)));
+    tokio::spawn(report_status(Arc::clone(&state), memory));
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -262,7 +267,17 @@ async fn run_interface(
     }
     control::remove(&socket_path);
     control::remove(&uapi_path);
-    loop_result.context("packet loop failed")
+    loop_result.map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBADFD) {
+            // Someone ran `ip link del`: there is nothing left to serve. Exit with an error,
+            // so that systemd (Restart=on-failure) creates the interface again.
+            anyhow::anyhow!(
+                "interface {name} was deleted under sitelinkd (its TUN device is gone); exiting (under systemd it is restarted)"
+            )
+        } else {
+            anyhow::Error::new(e).context("packet loop failed")
+        }
+    })
 }
 
 /// Switches to `[interface] user` when started as root. Under the systemd unit the daemon
@@ -283,16 +298,42 @@ async fn drop_privileges(state: &tokio::sync::Mutex<State>) -> Result<()> {
     Ok(())
 }
 
-/// Keeps systemd's STATUS= line ("2/3 peers up") current.
-async fn report_status(state: Arc<tokio::sync::Mutex<State>>) {
+/// Gives the engine what the previous run remembered (a bad state file is reported and
+/// ignored: it is rewritten within seconds).
+fn restore(state: &State, path: &std::path::Path) {
+    match persist::load(path) {
+        Ok(Some((remembered, modified))) => {
+            let (restored, initiated) = state.restore(&remembered, modified);
+            tracing::info!(path = %path.display(), restored, initiated,
+                "restored learned endpoints; initiating to the peers that were up");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+}
+
+/// Keeps systemd's STATUS= line ("2/3 peers up") current, and the remembered peer state
+/// (if there is a state directory).
+async fn report_status(state: Arc<tokio::sync::Mutex<State>>, mut memory: Option<persist::Memory>) {
     let mut last = String::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tick.tick().await;
-        let line = state.lock().await.status_line();
+        let (line, snapshot) = {
+            let state = state.lock().await;
+            let snapshot = memory
+                .as_ref()
+                .map(|_| persist::snapshot(&state.lock_engine()));
+            (state.status_line(), snapshot)
+        };
         if line != last {
             systemd::status(&line);
             last = line;
+        }
+        // A small file written on this (control) thread: only when something changed, and
+        // the packet threads never wait for it.
+        if let (Some(memory), Some(snapshot)) = (memory.as_mut(), snapshot) {
+            memory.tick(snapshot);
         }
     }
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use foldhash::HashMap;
@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::dataplane::{self, Command};
 use crate::netlink::{Change, Netlink};
+use crate::persist;
 use crate::routes::{Route, Routing, RoutingDiff};
 use crate::systemd;
 use crate::udp::{self, Udp};
@@ -437,6 +438,39 @@ impl State {
             return format!("0/{total} peers up (no private key)");
         }
         format!("{up}/{total} peers up")
+    }
+
+    /// Gives peers back what a previous run of the daemon learned (see [`persist`]): the
+    /// endpoint of every peer whose config has none, and an initiation at once to every peer
+    /// that was up. Returns (endpoints restored, initiations).
+    pub fn restore(
+        &self,
+        remembered: &persist::Remembered,
+        modified: SystemTime,
+    ) -> (usize, usize) {
+        let configured: HashMap<PublicKey, bool> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| (p.public_key, p.endpoint.is_some()))
+            .collect();
+        let mut engine = self.lock_engine();
+        let (mut restored, mut initiated) = (0, 0);
+        for (key, endpoint, was_up) in remembered.entries(modified, SystemTime::now()) {
+            let (Some(&has_endpoint), Some(&id)) = (configured.get(&key), self.ids.get(&key))
+            else {
+                continue;
+            };
+            if !has_endpoint {
+                engine.set_endpoint(id, endpoint);
+                restored += 1;
+            }
+            if was_up {
+                engine.initiate(id);
+                initiated += 1;
+            }
+        }
+        (restored, initiated)
     }
 
     pub async fn teardown(&mut self) {

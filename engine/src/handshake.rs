@@ -16,15 +16,20 @@
 //!   handshake, from a budget of [`COOKIE_BUDGET`] replies a second, so a flood costs a MAC and
 //!   at most a bounded number of replies, never a Diffie-Hellman;
 //! - handshake responses answer our own initiations and cookie replies carry no MAC: both pass
-//!   the per-source limit only.
+//!   the per-source limit only;
+//! - an initiation that passed is opened here (the anonymous parse: one Diffie-Hellman with our
+//!   static key, which reveals the sender's public key), still without the engine's lock: the
+//!   caller hands it to the engine only if that key is one of our peers. Strangers with a valid
+//!   mac1, the bulk of any flood, never hold the lock the packet loop needs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::TunnResult;
+use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use sitelink_config::PublicKey;
 
@@ -61,8 +66,10 @@ pub fn is_handshake(datagram: &[u8]) -> bool {
 /// What to do with a handshake message.
 #[derive(Debug)]
 pub enum Verdict<'a> {
-    /// Give it to the engine.
+    /// Give it to the engine (a response or a cookie reply: the engine finds its session).
     Process,
+    /// An initiation from this key: give it to the engine if the key is one of its peers.
+    Initiation(PublicKey),
     /// Send this cookie reply to the source instead.
     Cookie(&'a [u8]),
     /// Drop it (counted under the reason).
@@ -71,7 +78,7 @@ pub enum Verdict<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// Not a handshake message, or a bad mac1.
+    /// Not a handshake message, a bad mac1, or an initiation that does not open with our key.
     Invalid,
     /// The source sent more than its share.
     RateLimited,
@@ -93,6 +100,10 @@ pub struct GateCounters {
 /// again when it changes: [`HandshakeGate::key`]).
 pub struct HandshakeGate {
     key: PublicKey,
+    /// Our static key pair, for the anonymous parse of initiations. A copy of the engine's
+    /// (zeroed on drop by x25519-dalek); it never leaves this struct and is never printed.
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
     /// Checks mac1 only (never "under load"): the limiter the engine's sessions share.
     normal: Arc<RateLimiter>,
     /// Always "under load": checks mac2 and makes cookie replies. Its cookie secret is its own,
@@ -106,10 +117,16 @@ pub struct HandshakeGate {
 impl HandshakeGate {
     /// A gate for the interface key `key`, sharing `normal` (see
     /// [`crate::Engine::handshake_gate`]).
-    pub(crate) fn new(key: PublicKey, normal: Arc<RateLimiter>, now: Instant) -> Self {
-        let public = x25519::PublicKey::from(*key.as_bytes());
+    pub(crate) fn new(
+        secret: &x25519::StaticSecret,
+        normal: Arc<RateLimiter>,
+        now: Instant,
+    ) -> Self {
+        let public = x25519::PublicKey::from(secret);
         Self {
-            key,
+            key: PublicKey::from_bytes(public.to_bytes()),
+            secret: secret.clone(),
+            public,
             normal,
             loaded: RateLimiter::new(&public, 0),
             sources: HashMap::new(),
@@ -153,12 +170,15 @@ impl HandshakeGate {
         {
             return self.drop(Dropped::Invalid);
         }
-        if !under_load || datagram[0] == TYPE_HANDSHAKE_RESPONSE {
+        if datagram[0] == TYPE_HANDSHAKE_RESPONSE {
             return self.pass();
+        }
+        if !under_load {
+            return self.open(datagram);
         }
         let base = reply.as_ptr() as usize;
         match self.loaded.verify_packet(Some(from.ip()), datagram, reply) {
-            Ok(_) => self.pass(),
+            Ok(_) => self.open(datagram),
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 let range = {
                     let start = (cookie.as_ptr() as usize).saturating_sub(base);
@@ -169,6 +189,24 @@ impl HandshakeGate {
                 }
                 self.counters.cookie_replies += 1;
                 Verdict::Cookie(&reply[range])
+            }
+            Err(_) => self.drop(Dropped::Invalid),
+        }
+    }
+
+    /// The anonymous parse of an initiation: who sent it, if it opens with our key.
+    fn open(&mut self, datagram: &[u8]) -> Verdict<'static> {
+        let sender = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(init)) => {
+                parse_handshake_anon(&self.secret, &self.public, &init)
+                    .map(|half| PublicKey::from_bytes(half.peer_static_public))
+            }
+            _ => return self.drop(Dropped::Invalid),
+        };
+        match sender {
+            Ok(key) => {
+                self.counters.passed += 1;
+                Verdict::Initiation(key)
             }
             Err(_) => self.drop(Dropped::Invalid),
         }

@@ -284,7 +284,7 @@ impl Engine {
     pub fn handshake_gate(&self, now: Instant) -> Option<handshake::HandshakeGate> {
         let identity = self.identity.as_ref()?;
         Some(handshake::HandshakeGate::new(
-            identity.key,
+            &identity.secret,
             Arc::clone(&identity.limiter),
             now,
         ))
@@ -319,6 +319,8 @@ impl Engine {
             up: false,
             next_reinit: None,
             last_sent: None,
+            initiate: false,
+            stale_answered: None,
             session: None,
             due: None,
             created: 0,
@@ -443,6 +445,21 @@ impl Engine {
             peer.local = None;
         }
         self.wake_always_on(id);
+    }
+
+    /// Sends a handshake initiation to the peer at the next timer run, if it has an endpoint
+    /// (and we a key): how a restarted gateway brings back the links it had, at once, instead
+    /// of waiting for the other side's timers (15 s or more).
+    pub fn initiate(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.endpoint.is_none() || self.identity.is_none() {
+            return;
+        }
+        peer.initiate = true;
+        let now = self.clock.0;
+        self.schedule(id, now);
     }
 
     /// A send to `dst` from `src` failed because `src` is not ours any more: the peers that
@@ -668,6 +685,40 @@ impl Engine {
                 (retry, false)
             }
             TunnResult::Done => (Step::Nothing, true),
+            TunnResult::Err(WireGuardError::WrongTai64nTimestamp)
+                if kind == TYPE_HANDSHAKE_INIT =>
+            {
+                // The peer's key signed this initiation, but its timestamp is not newer than
+                // the last one we accepted: the peer's clock went back (and it restarted), or
+                // this is a replay. Either way its initiations will keep failing until its
+                // clock passes ours, so initiate from our side, to the endpoint we know (never
+                // to the sender of this datagram): our timestamps are fine. At most once per
+                // REKEY_TIMEOUT, so replays cannot make us handshake more often than that.
+                self.counters.invalid += 1;
+                let due = peer
+                    .stale_answered
+                    .is_none_or(|t| now >= t + REINIT_INTERVAL);
+                let answer = match (peer.endpoint, due) {
+                    (Some(endpoint), true) => {
+                        match tunnel.tunn.format_handshake_initiation(buf, false) {
+                            TunnResult::WriteToNetwork(out) => {
+                                peer.stale_answered = Some(now);
+                                peer.tx_bytes += out.len() as u64;
+                                peer.last_sent = Some(now);
+                                Step::NetworkTo(endpoint, peer.local, range_of(base, out))
+                            }
+                            _ => Step::Nothing,
+                        }
+                    }
+                    _ => Step::Nothing,
+                };
+                if let Some(n) = self.log.allow(LogKind::Refused, now) {
+                    tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), %from,
+                        suppressed = n, answered = matches!(answer, Step::NetworkTo(..)),
+                        "refused handshake with an old timestamp (the peer's clock went back, or a replay); initiating from our side");
+                }
+                (answer, false)
+            }
             TunnResult::Err(e) => {
                 self.counters.invalid += 1;
                 if let Some(n) = self.log.allow(LogKind::Refused, now) {
@@ -901,8 +952,11 @@ impl Engine {
         let wall = self.wall_at(now);
         // Without a key there is nothing to send, and no session state to tick.
         self.identity.as_ref()?;
-        let always_on = self.peers.get(id)?.always_on();
-        if always_on && !self.ensure_session(id, now) {
+        let (always_on, initiate) = {
+            let peer = self.peers.get_mut(id)?;
+            (peer.always_on(), std::mem::take(&mut peer.initiate))
+        };
+        if (always_on || initiate) && !self.ensure_session(id, now) {
             return None;
         }
         let peer = self.peers.get_mut(id)?;
@@ -946,7 +1000,7 @@ impl Engine {
             }
             _ => None,
         };
-        if out.is_none() && rekey {
+        if out.is_none() && (rekey || initiate) {
             if let TunnResult::WriteToNetwork(o) =
                 session.current.tunn.format_handshake_initiation(buf, false)
             {

@@ -46,6 +46,11 @@ pub(crate) struct Peer {
     pub next_reinit: Option<Instant>,
     /// When we last sent this peer anything; persistent keepalives measure from here.
     pub last_sent: Option<Instant>,
+    /// An initiation is wanted at the next timer run ([`crate::Engine::initiate`]).
+    pub initiate: bool,
+    /// When we last answered this peer's stale-timestamp initiation with our own (at most
+    /// one such answer per REKEY_TIMEOUT).
+    pub stale_answered: Option<Instant>,
     /// The boringtun state, created on the first handshake or packet and dropped when the
     /// link has been dead long enough that boringtun gave up (`None`: an idle peer).
     pub session: Option<Box<Session>>,

@@ -392,7 +392,12 @@ fn the_gate_limits_each_source_and_demands_cookies_under_load() {
             )
         })
         .collect();
-    assert!(verdicts[..5].iter().all(|v| v == "Process"), "{verdicts:?}");
+    // Passed initiations are opened: the gate names the (unknown) sender, so the caller can
+    // drop it without the engine's lock.
+    assert!(
+        verdicts[..5].iter().all(|v| v.starts_with("Initiation(")),
+        "{verdicts:?}"
+    );
     assert!(
         verdicts[5..].iter().all(|v| v.contains("RateLimited")),
         "{verdicts:?}"
@@ -401,7 +406,7 @@ fn the_gate_limits_each_source_and_demands_cookies_under_load() {
     MockClock::advance(Duration::from_millis(100));
     assert!(matches!(
         gate.check(Instant::now(), attacker, &flood[8], false, &mut reply),
-        Verdict::Process
+        Verdict::Initiation(k) if p.b.engine.peer_by_key(&k).is_none()
     ));
 
     // Under load: a fresh source without a cookie gets a cookie reply, sent to it.
@@ -456,9 +461,10 @@ fn under_load_a_genuine_peer_gets_a_cookie_then_completes_and_never_roams_on_it(
     assert_eq!(p.status_a().endpoint, Some(p.b.addr));
     MockClock::advance(Duration::from_secs(2));
     let init = initiation_from_a(&mut p);
+    let a_key = p.status_b().public_key;
     assert!(matches!(
         gate.check(Instant::now(), moved, &init, true, &mut reply),
-        Verdict::Process
+        Verdict::Initiation(k) if k == a_key
     ));
     p.deliver(moved, p.b.addr, &init);
     p.settle();
@@ -1170,4 +1176,83 @@ fn keys_are_renewed_after_rekey_after_messages_and_never_used_past_reject() {
         p.b.tun_out.iter().any(|pkt| pkt.ends_with(b"after")),
         "no traffic under new keys"
     );
+}
+
+#[test]
+fn a_replayed_initiation_makes_the_responder_initiate_to_the_known_endpoint_at_most_every_5_s() {
+    let mut p = pair(None);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.settle();
+    let first_init = p
+        .sent
+        .iter()
+        .find(|(_, from, d)| *from == p.a.addr && d[0] == TYPE_HANDSHAKE_INIT)
+        .map(|(_, _, d)| d.clone())
+        .expect("A's initiation");
+
+    // Its timestamp is the last B accepted: a replay (or A restarted with its clock behind).
+    // B answers with its own initiation, to A's endpoint, not to the sender.
+    let attacker: SocketAddr = "198.18.6.6:666".parse().unwrap();
+    let sent_before = p.sent.len();
+    let reply = p.deliver(attacker, p.b.addr, &first_init);
+    assert_eq!(reply, Some(p.a.addr), "B did not initiate to A's endpoint");
+    let b_inits = |p: &Pair, since: usize| {
+        p.sent[since..]
+            .iter()
+            .filter(|(_, from, d)| *from == p.b.addr && d[0] == TYPE_HANDSHAKE_INIT)
+            .count()
+    };
+    assert_eq!(b_inits(&p, sent_before), 1);
+    p.settle();
+    // A accepted B's initiation: a new session, data flows.
+    p.advance(Duration::from_millis(200));
+    assert_ne!(p.status_a().last_handshake, None);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"2"));
+    p.settle();
+    assert_eq!(p.b.tun_out.len(), 2, "data after B's handshake");
+
+    // More replays within 5 s: no more initiations from B.
+    let sent_before = p.sent.len();
+    for _ in 0..10 {
+        p.deliver(attacker, p.b.addr, &first_init);
+    }
+    assert_eq!(b_inits(&p, sent_before), 0, "B handshook again within 5 s");
+    // After 5 s, one more.
+    p.advance(Duration::from_secs(5));
+    let sent_before = p.sent.len();
+    p.deliver(attacker, p.b.addr, &first_init);
+    p.deliver(attacker, p.b.addr, &first_init);
+    assert_eq!(b_inits(&p, sent_before), 1);
+    // The attacker never moved B's idea of A's endpoint.
+    assert_eq!(p.status_b().endpoint, Some(p.a.addr));
+}
+
+#[test]
+fn initiate_sends_a_handshake_to_a_peer_with_an_endpoint_and_nothing_without_one() {
+    let mut p = pair(None);
+    let id = p.a.engine.peer_by_key(&p.status_a().public_key).unwrap();
+    p.a.engine.initiate(id);
+    let before = MockClock::time();
+    p.advance(Duration::from_millis(100));
+    assert_eq!(p.inits_from_a_after(before - Duration::from_millis(1)), 1);
+    assert!(p.status_a().up && p.status_b().up, "handshake completed");
+
+    // B's peer without an endpoint: nothing to send, nothing scheduled.
+    let (k, _) = key();
+    let mut lone = Engine::new(Some(&k), Instant::now(), wall());
+    let id = lone
+        .add_peer(PeerSpec {
+            name: "roaming".into(),
+            public_key: key().1,
+            preshared_key: None,
+            endpoint: None,
+            allowed_ips: vec![cidr("198.19.9.0/24")],
+            persistent_keepalive: None,
+        })
+        .unwrap();
+    lone.initiate(id);
+    MockClock::advance(Duration::from_millis(100));
+    lone.handle_timeout(Instant::now(), wall());
+    let mut buf = vec![0u8; BUF];
+    assert!(lone.poll_transmit(&mut buf).is_none());
 }
