@@ -366,7 +366,7 @@ impl Io<'_> {
                 if handshake::is_handshake(datagram) {
                     // Served by the handshake thread, behind the gate; dropped (and counted)
                     // if its queue is full.
-                    self.handshakes.push(from, local, datagram);
+                    self.handshakes.push(now, from, local, datagram);
                     continue;
                 }
                 match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {

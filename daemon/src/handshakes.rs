@@ -2,7 +2,7 @@
 //! data, and a flood of them cannot take the packet loop.
 //!
 //! Owns: a bounded queue the packet loop puts handshake messages into (dropping, counted, what
-//! does not fit), the thread that serves it, the judgment of "under load" (the queue filling,
+//! does not fit and what exceeds its source's share), the thread that serves it, the judgment of "under load" (the queue filling,
 //! as WireGuard's kernel module judges it), sending cookie replies and handshake answers, and
 //! the counters `show` reports. Doesn't own: what a message deserves (the engine's
 //! [`HandshakeGate`], asked without the engine's lock) or the handshake itself (the engine,
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use quinn_udp::UdpSocketState;
 use sitelink_config::control::HandshakeCounters;
-use sitelink_engine::handshake::{HandshakeGate, Verdict};
+use sitelink_engine::handshake::{HandshakeGate, SourceLimits, Verdict};
 use sitelink_engine::{Engine, Instant, Received};
 
 use crate::dataplane::{self, lock};
@@ -84,15 +84,25 @@ impl Stats {
 
 /// The bounded queue between the packet loop and the handshake thread.
 pub struct Queue {
-    messages: Mutex<VecDeque<Message>>,
+    inner: Mutex<Inner>,
     ready: Condvar,
     pub stats: Stats,
+}
+
+/// What the queue's lock guards: the messages, and each source's share of the queue (checked
+/// before a message goes in, so a few busy addresses cannot fill it).
+struct Inner {
+    messages: VecDeque<Message>,
+    limits: SourceLimits,
 }
 
 impl Default for Queue {
     fn default() -> Self {
         Self {
-            messages: Mutex::new(VecDeque::with_capacity(QUEUE_CAPACITY)),
+            inner: Mutex::new(Inner {
+                messages: VecDeque::with_capacity(QUEUE_CAPACITY),
+                limits: SourceLimits::default(),
+            }),
             ready: Condvar::new(),
             stats: Stats::default(),
         }
@@ -100,16 +110,29 @@ impl Default for Queue {
 }
 
 impl Queue {
-    /// Hands a handshake message over (the packet loop calls this, never waiting). Returns
-    /// whether it fit.
-    pub fn push(&self, from: SocketAddr, local: Option<IpAddr>, datagram: &[u8]) -> bool {
+    /// Hands a handshake message over (the packet loop calls this, never waiting): dropped,
+    /// and counted, if its source has used its share or the queue is full. Returns whether it
+    /// went in.
+    pub fn push(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+    ) -> bool {
         if datagram.len() > MAX_MESSAGE {
             return false;
         }
-        let mut messages = self
-            .messages
+        let mut inner = self
+            .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !inner.limits.allow(from.ip(), now) {
+            drop(inner);
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let messages = &mut inner.messages;
         if messages.len() >= QUEUE_CAPACITY {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -122,7 +145,7 @@ impl Queue {
             len: datagram.len(),
             bytes,
         });
-        drop(messages);
+        drop(inner);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.ready.notify_one();
         true
@@ -131,17 +154,17 @@ impl Queue {
     /// Takes up to `max` messages into `out`, waiting up to `wait` for the first. Returns the
     /// depth the queue had (for the load judgment).
     fn pop_batch(&self, out: &mut Vec<Message>, max: usize, wait: Duration) -> usize {
-        let messages = self
-            .messages
+        let inner = self
+            .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (mut messages, _) = self
+        let (mut inner, _) = self
             .ready
-            .wait_timeout_while(messages, wait, |m| m.is_empty())
+            .wait_timeout_while(inner, wait, |i| i.messages.is_empty())
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let depth = messages.len();
+        let depth = inner.messages.len();
         let n = depth.min(max);
-        out.extend(messages.drain(..n));
+        out.extend(inner.messages.drain(..n));
         depth
     }
 
@@ -210,10 +233,6 @@ pub fn run(
         let add = |c: &AtomicU64, n: u64| {
             c.fetch_add(n, Ordering::Relaxed);
         };
-        add(
-            &stats.rate_limited,
-            after.rate_limited - before.rate_limited,
-        );
         add(
             &stats.cookie_replies,
             after.cookie_replies - before.cookie_replies,

@@ -10,7 +10,9 @@
 //! never handles handshake messages; they wait in a bounded queue served by their own thread,
 //! which asks the gate first, without the engine's lock:
 //! - every source address (an IPv4 address, an IPv6 /64) may pass about 20 handshake messages a
-//!   second, bursts of 5 (the kernel module's numbers); more is dropped and counted;
+//!   second, bursts of 5 (the kernel module's numbers); more is dropped and counted. This check
+//!   ([`SourceLimits`]) runs first, where the caller queues the message, so a flood from a few
+//!   addresses never fills the queue that many distinct peers need;
 //! - under load (the caller says when: its queue filling), an initiation must carry a valid
 //!   mac2, i.e. a cookie we gave its source: without one it gets a cookie reply instead of a
 //!   handshake, from a budget of [`COOKIE_BUDGET`] replies a second, so a flood costs a MAC and
@@ -80,8 +82,6 @@ pub enum Verdict<'a> {
 pub enum Dropped {
     /// Not a handshake message, a bad mac1, or an initiation that does not open with our key.
     Invalid,
-    /// The source sent more than its share.
-    RateLimited,
     /// Under load, without a cookie, and the cookie budget was spent.
     CookieBudget,
 }
@@ -91,7 +91,6 @@ pub enum Dropped {
 pub struct GateCounters {
     pub passed: u64,
     pub cookie_replies: u64,
-    pub rate_limited: u64,
     pub invalid: u64,
     pub cookie_budget_spent: u64,
 }
@@ -109,7 +108,6 @@ pub struct HandshakeGate {
     /// Always "under load": checks mac2 and makes cookie replies. Its cookie secret is its own,
     /// so the cookies it hands out are the ones it accepts.
     loaded: RateLimiter,
-    sources: HashMap<SourceKey, Bucket>,
     cookies: Bucket,
     counters: GateCounters,
 }
@@ -129,7 +127,6 @@ impl HandshakeGate {
             public,
             normal,
             loaded: RateLimiter::new(&public, 0),
-            sources: HashMap::new(),
             cookies: Bucket::full(COOKIE_BUDGET, now),
             counters: GateCounters::default(),
         }
@@ -156,9 +153,6 @@ impl HandshakeGate {
     ) -> Verdict<'b> {
         if !is_handshake(datagram) {
             return self.drop(Dropped::Invalid);
-        }
-        if !self.allow_source(from.ip(), now) {
-            return self.drop(Dropped::RateLimited);
         }
         if datagram[0] == TYPE_COOKIE_REPLY {
             return self.pass();
@@ -220,18 +214,44 @@ impl HandshakeGate {
     fn drop(&mut self, why: Dropped) -> Verdict<'static> {
         match why {
             Dropped::Invalid => self.counters.invalid += 1,
-            Dropped::RateLimited => self.counters.rate_limited += 1,
             Dropped::CookieBudget => self.counters.cookie_budget_spent += 1,
         }
         Verdict::Drop(why)
     }
+}
 
-    /// Takes a token from the source's bucket.
-    fn allow_source(&mut self, ip: IpAddr, now: Instant) -> bool {
+/// The per-source share of handshake messages: a token bucket per source address (IPv4, or
+/// IPv6 /64), for at most [`MAX_SOURCES`] sources at once. Cheap enough (one hash lookup) for
+/// the packet loop to ask before it queues a message.
+pub struct SourceLimits {
+    sources: HashMap<SourceKey, Bucket>,
+    /// When idle sources were last swept out (at most once per [`SOURCE_IDLE`], so a flood of
+    /// new addresses against a full table costs a lookup each, not a sweep each).
+    swept: Option<Instant>,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self {
+            sources: HashMap::new(),
+            swept: None,
+        }
+    }
+}
+
+impl SourceLimits {
+    /// Takes a token from `ip`'s bucket: whether its message may go on.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let key = SourceKey::of(ip);
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
-            self.sources
-                .retain(|_, b| now.saturating_duration_since(b.at) < SOURCE_IDLE);
+            if self
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= SOURCE_IDLE)
+            {
+                self.swept = Some(now);
+                self.sources
+                    .retain(|_, b| now.saturating_duration_since(b.at) < SOURCE_IDLE);
+            }
             if self.sources.len() >= MAX_SOURCES {
                 return false;
             }
@@ -240,6 +260,15 @@ impl HandshakeGate {
             .entry(key)
             .or_insert_with(|| Bucket::full(PER_SOURCE_BURST, now))
             .take(now, PER_SOURCE_RATE, PER_SOURCE_BURST)
+    }
+
+    /// Sources tracked now.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
     }
 }
 
