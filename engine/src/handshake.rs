@@ -223,20 +223,12 @@ impl HandshakeGate {
 /// The per-source share of handshake messages: a token bucket per source address (IPv4, or
 /// IPv6 /64), for at most [`MAX_SOURCES`] sources at once. Cheap enough (one hash lookup) for
 /// the packet loop to ask before it queues a message.
+#[derive(Default)]
 pub struct SourceLimits {
     sources: HashMap<SourceKey, Bucket>,
     /// When idle sources were last swept out (at most once per [`SOURCE_IDLE`], so a flood of
     /// new addresses against a full table costs a lookup each, not a sweep each).
     swept: Option<Instant>,
-}
-
-impl Default for SourceLimits {
-    fn default() -> Self {
-        Self {
-            sources: HashMap::new(),
-            swept: None,
-        }
-    }
 }
 
 impl SourceLimits {
