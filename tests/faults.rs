@@ -121,7 +121,19 @@ fn a_wan_outage_of_a_minute_heals_within_seconds_of_the_link_returning() {
             .spawn()
             .unwrap(),
     );
-    thread::sleep(Duration::from_secs(60));
+    thread::sleep(Duration::from_secs(30));
+    // A says what is going on: its initiations go unanswered.
+    let during = peer(&sites.show_json(&pair.a_if), "site-b").clone();
+    assert_eq!(during["last_error"]["reason"], "no-response", "{during}");
+    assert!(
+        during["handshake_attempts"].as_u64().unwrap() >= 2,
+        "{during}"
+    );
+    assert!(
+        during["last_error"]["count"].as_u64().unwrap() >= 1,
+        "{during}"
+    );
+    thread::sleep(Duration::from_secs(30));
     sites.gw_a.ip(&["link", "set", "wan0", "up"]);
     let recovery = first_answer(&sites.host_a, "198.19.2.10", Duration::from_secs(60))
         .expect("traffic never returned after the WAN came back");
@@ -132,6 +144,9 @@ fn a_wan_outage_of_a_minute_heals_within_seconds_of_the_link_returning() {
         "traffic took {recovery:?} after the outage"
     );
     assert_transfer(&sites, 5311, "after the WAN outage");
+    let after = peer(&sites.show_json(&pair.a_if), "site-b").clone();
+    assert_eq!(after["state"], "up", "{after}");
+    assert_eq!(after["endpoint_source"], "config", "{after}");
     pair.gw_a.assert_running();
     pair.gw_b.assert_running();
 }

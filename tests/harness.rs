@@ -948,3 +948,68 @@ impl Internet {
         show_json(&self.run_dir, &self.site(n).iface)
     }
 }
+
+/// wireguard-go in `ns` as interface `iface` on Sites' tunnel addresses (198.18.100.2,
+/// fd18:100::2, routes to LAN A), configured through `wg set` with one peer. The guard stops
+/// it and removes its UAPI socket (shared across namespaces) on drop.
+pub struct WgGo {
+    pub process: Process,
+    pub socket: PathBuf,
+}
+
+impl Drop for WgGo {
+    fn drop(&mut self) {
+        self.process.terminate();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn wireguard_go(
+    sites: &Sites,
+    ns: &Netns,
+    iface: &str,
+    key_file: &Path,
+    peer_pub: &str,
+    psk_file: Option<&Path>,
+    endpoint: Option<&str>,
+    allowed: &str,
+) -> WgGo {
+    let mut cmd = ns.cmd("wireguard-go");
+    cmd.args(["-f", iface])
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+    let log = sites.dir.0.join(format!("{iface}.log"));
+    let mut process = Process::spawn("wireguard-go", cmd, log);
+    let socket = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        process.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "wireguard-go did not create {}",
+            socket.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut wg = ns.cmd("wg");
+    wg.args(["set", iface, "private-key"]).arg(key_file).args([
+        "listen-port",
+        "51820",
+        "peer",
+        peer_pub,
+    ]);
+    wg.args(["allowed-ips", allowed]);
+    if let Some(psk) = psk_file {
+        wg.arg("preshared-key").arg(psk);
+    }
+    if let Some(e) = endpoint {
+        wg.args(["endpoint", e, "persistent-keepalive", "25"]);
+    }
+    run(&mut wg);
+    ns.ip(&["addr", "add", "198.18.100.2/24", "dev", iface]);
+    ns.ip(&["-6", "addr", "add", "fd18:100::2/64", "dev", iface, "nodad"]);
+    ns.ip(&["link", "set", iface, "mtu", "1420", "up"]);
+    ns.ip(&["route", "add", "198.19.1.0/24", "dev", iface]);
+    ns.ip(&["-6", "route", "add", "fd19:1::/64", "dev", iface]);
+    WgGo { process, socket }
+}

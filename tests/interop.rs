@@ -3,13 +3,12 @@
 //! Also: keys are byte-compatible with `wg genkey/pubkey/genpsk`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sitelink_tests::{
-    bin, keypair, pipe_ok, run, unique, unix_now, GatewayConfig, Netns, Process, Sites,
+    bin, keypair, pipe_ok, run, unique, unix_now, wireguard_go, GatewayConfig, Sites,
 };
 
 const MIB: usize = 1 << 20;
@@ -33,70 +32,6 @@ fn keys_are_byte_compatible_with_wg() {
         String::from_utf8(run(Command::new(bin("sitelinkctl")).arg("genpsk")).stdout).unwrap();
     assert_eq!(psk.trim().len(), 44);
     assert!(psk.trim().ends_with('='));
-}
-
-/// wireguard-go in `ns` as interface `iface`, configured through `wg set`. The guard
-/// removes its UAPI socket (shared across namespaces) on drop.
-struct WgGo {
-    process: Process,
-    socket: PathBuf,
-}
-
-impl Drop for WgGo {
-    fn drop(&mut self) {
-        self.process.terminate();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn wireguard_go(
-    sites: &Sites,
-    ns: &Netns,
-    iface: &str,
-    key_file: &Path,
-    peer_pub: &str,
-    psk_file: Option<&Path>,
-    endpoint: Option<&str>,
-    allowed: &str,
-) -> WgGo {
-    let mut cmd = ns.cmd("wireguard-go");
-    cmd.args(["-f", iface])
-        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
-    let log = sites.dir.0.join(format!("{iface}.log"));
-    let mut process = Process::spawn("wireguard-go", cmd, log);
-    let socket = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        process.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "wireguard-go did not create {}",
-            socket.display()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    let mut wg = ns.cmd("wg");
-    wg.args(["set", iface, "private-key"]).arg(key_file).args([
-        "listen-port",
-        "51820",
-        "peer",
-        peer_pub,
-    ]);
-    wg.args(["allowed-ips", allowed]);
-    if let Some(psk) = psk_file {
-        wg.arg("preshared-key").arg(psk);
-    }
-    if let Some(e) = endpoint {
-        wg.args(["endpoint", e, "persistent-keepalive", "25"]);
-    }
-    run(&mut wg);
-    ns.ip(&["addr", "add", "198.18.100.2/24", "dev", iface]);
-    ns.ip(&["-6", "addr", "add", "fd18:100::2/64", "dev", iface, "nodad"]);
-    ns.ip(&["link", "set", iface, "mtu", "1420", "up"]);
-    ns.ip(&["route", "add", "198.19.1.0/24", "dev", iface]);
-    ns.ip(&["-6", "route", "add", "fd19:1::/64", "dev", iface]);
-    WgGo { process, socket }
 }
 
 /// Sets up sitelink on gw_a and wireguard-go on gw_b. `sitelink_initiates` decides who

@@ -150,4 +150,33 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Seconds; `null` when off.
     pub persistent_keepalive: Option<u16>,
+    /// `up` (a handshake within 180 s), `connecting` (initiations sent, none answered yet),
+    /// `down`, `no-endpoint`, `resolving` (its host name has not resolved yet).
+    #[serde(default)]
+    pub state: String,
+    /// Initiations sent since the last completed handshake, and (unix seconds) since when.
+    #[serde(default)]
+    pub handshake_attempts: u32,
+    #[serde(default)]
+    pub trying_since: Option<u64>,
+    /// What went wrong last; `null` if nothing has in this run.
+    #[serde(default)]
+    pub last_error: Option<LastError>,
+    /// Where `endpoint` came from: `config`, `dns` or `learned` (the peer's own packets, or
+    /// remembered from a previous run); `null` without one.
+    #[serde(default)]
+    pub endpoint_source: Option<String>,
+}
+
+/// A peer's last error: `reason` (`no-response`, `refused-by-us: replay or old timestamp`,
+/// `refused-by-us: bad mac`, `dns: ...`), what to check (`hint`), the first and latest time of
+/// this run of it (unix seconds) and how often it happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastError {
+    pub reason: String,
+    #[serde(default)]
+    pub hint: String,
+    pub since: u64,
+    pub at: u64,
+    pub count: u64,
 }

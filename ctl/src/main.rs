@@ -297,8 +297,32 @@ fn render(status: &Status, now: SystemTime) -> String {
         .unwrap_or(0);
     for p in peers {
         out += &format!("\npeer: {} ({})\n", p.name, p.public_key);
+        if !p.state.is_empty() {
+            let mut state = p.state.clone();
+            if p.state == "connecting" && p.handshake_attempts > 0 {
+                let since = p
+                    .trying_since
+                    .map(|t| {
+                        format!(
+                            " for {}",
+                            ago(now.saturating_sub(t)).trim_end_matches(" ago")
+                        )
+                    })
+                    .unwrap_or_default();
+                state += &format!(
+                    " ({} sent{since}, none answered)",
+                    plural(u64::from(p.handshake_attempts), "handshake initiation")
+                );
+            }
+            out += &format!("  state: {state}\n");
+        }
         if let Some(e) = &p.endpoint {
-            out += &format!("  endpoint: {e}\n");
+            let source = p
+                .endpoint_source
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            out += &format!("  endpoint: {e}{source}\n");
         }
         let ips = if p.allowed_ips.is_empty() {
             "(none)".to_string()
@@ -322,6 +346,25 @@ fn render(status: &Status, now: SystemTime) -> String {
                 "  persistent keepalive: every {}\n",
                 plural(u64::from(k), "second")
             );
+        }
+        if let Some(e) = &p.last_error {
+            let times = if e.count > 1 {
+                format!(
+                    ", {} times since {}",
+                    e.count,
+                    ago(now.saturating_sub(e.since))
+                )
+            } else {
+                String::new()
+            };
+            out += &format!(
+                "  last error: {} ({}{times})\n",
+                e.reason,
+                ago(now.saturating_sub(e.at))
+            );
+            if !e.hint.is_empty() && p.state != "up" {
+                out += &format!("    hint: {}\n", e.hint);
+            }
         }
     }
     out
@@ -379,7 +422,7 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sitelink_config::control::InterfaceStatus;
+    use sitelink_config::control::{InterfaceStatus, LastError};
     use std::collections::BTreeMap;
 
     #[test]
@@ -402,6 +445,17 @@ mod tests {
             rx_bytes: 2048,
             tx_bytes: 1,
             persistent_keepalive: Some(25),
+            state: if hs.is_some() { "up" } else { "connecting" }.into(),
+            handshake_attempts: if hs.is_some() { 0 } else { 3 },
+            trying_since: hs.xor(Some(1990)),
+            last_error: hs.xor(Some(1995)).map(|at| LastError {
+                reason: "no-response".into(),
+                hint: "is its port open?".into(),
+                since: 1985,
+                at,
+                count: 2,
+            }),
+            endpoint_source: None,
         };
         let status = Status {
             interface: InterfaceStatus {
@@ -435,6 +489,18 @@ mod tests {
         assert!(text.contains("transfer: 2.00 KiB received, 1 B sent"));
         assert!(text.contains("private key: (hidden)"));
         assert!(text.contains("fwmark: 0xca6c"));
+        assert!(
+            text.contains(
+                "state: connecting (3 handshake initiations sent for 10 seconds, none answered)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("last error: no-response (5 seconds ago, 2 times since 15 seconds ago)"),
+            "{text}"
+        );
+        assert!(text.contains("hint: is its port open?"), "{text}");
+        assert_eq!(text.matches("state: up").count(), 2, "{text}");
 
         let mut keyless = status.clone();
         keyless.interface.public_key = None;

@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use sitelink_config::control::{
-    ChangeReply, InterfaceStatus, PeerArgs, PeerChanges, Request, Response, MAX_REQUEST,
+    ChangeReply, InterfaceStatus, LastError, PeerArgs, PeerChanges, Request, Response, MAX_REQUEST,
 };
 use sitelink_config::{Cidr, Config, Endpoint, Peer, PublicKey};
+use sitelink_engine::health::LinkState;
 use sitelink_engine::{Engine, PeerView};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -318,7 +319,7 @@ fn status_json(state: &State) -> serde_json::Result<Vec<u8>> {
     let engine = state.lock_engine();
     let view = StatusView {
         interface: interface_status(state, &engine),
-        peers: PeersView(&engine),
+        peers: PeersView(&engine, &|key| state.is_resolving(key)),
     };
     serde_json::to_vec(&view)
 }
@@ -359,16 +360,21 @@ struct StatusView<'a> {
     peers: PeersView<'a>,
 }
 
-struct PeersView<'a>(&'a Engine);
+/// The peers, and which of them are still resolving their endpoint's host name.
+struct PeersView<'a>(&'a Engine, &'a dyn Fn(&PublicKey) -> bool);
 
 impl Serialize for PeersView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.peer_views().map(PeerJson))
+        s.collect_seq(self.0.peer_views().map(|v| {
+            let resolving = (self.1)(&v.public_key);
+            PeerJson(v, resolving)
+        }))
     }
 }
 
-/// One [`PeerStatus`], written from the engine's view of the peer.
-struct PeerJson<'a>(PeerView<'a>);
+/// One [`PeerStatus`], written from the engine's view of the peer (and whether its host-name
+/// endpoint is still being resolved).
+struct PeerJson<'a>(PeerView<'a>, bool);
 
 impl Serialize for PeerJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -385,8 +391,8 @@ impl Serialize for PeerJson<'_> {
                 s.collect_str(&self.0)
             }
         }
-        let p = &self.0;
-        let mut out = s.serialize_struct("PeerStatus", 8)?;
+        let (p, resolving) = (&self.0, self.1);
+        let mut out = s.serialize_struct("PeerStatus", 13)?;
         out.serialize_field("name", p.name)?;
         out.serialize_field("public_key", &Shown(p.public_key))?;
         out.serialize_field("endpoint", &p.endpoint.map(Shown))?;
@@ -395,6 +401,23 @@ impl Serialize for PeerJson<'_> {
         out.serialize_field("rx_bytes", &p.rx_bytes)?;
         out.serialize_field("tx_bytes", &p.tx_bytes)?;
         out.serialize_field("persistent_keepalive", &p.persistent_keepalive)?;
+        let h = &p.health;
+        let state = match h.state {
+            LinkState::NoEndpoint if resolving => "resolving",
+            other => other.as_str(),
+        };
+        out.serialize_field("state", state)?;
+        out.serialize_field("handshake_attempts", &h.attempts)?;
+        out.serialize_field("trying_since", &h.trying_since.map(unix_seconds))?;
+        let last_error = h.last_error.as_ref().map(|e| LastError {
+            reason: e.reason.text(),
+            hint: e.reason.hint().to_string(),
+            since: unix_seconds(e.since),
+            at: unix_seconds(e.at),
+            count: e.count,
+        });
+        out.serialize_field("last_error", &last_error)?;
+        out.serialize_field("endpoint_source", &h.endpoint_source.map(|s| s.as_str()))?;
         out.end()
     }
 }
@@ -448,7 +471,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let json = serde_json::to_vec(&PeersView(&engine)).unwrap();
+        let json = serde_json::to_vec(&PeersView(&engine, &|_| false)).unwrap();
         let parsed: Vec<PeerStatus> = serde_json::from_slice(&json).unwrap();
         let expected: Vec<PeerStatus> = engine
             .peers()
@@ -461,6 +484,16 @@ mod tests {
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 persistent_keepalive: p.persistent_keepalive,
+                state: if p.endpoint.is_some() {
+                    "down"
+                } else {
+                    "no-endpoint"
+                }
+                .into(),
+                handshake_attempts: 0,
+                trying_since: None,
+                last_error: None,
+                endpoint_source: p.endpoint.map(|_| "config".into()),
             })
             .collect();
         assert_eq!(parsed, expected);

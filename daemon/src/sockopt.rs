@@ -35,6 +35,18 @@ pub fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
     set(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
 
+/// Attaches a classic BPF program to a socket (`SO_ATTACH_FILTER`): the kernel runs it on
+/// every datagram before it is queued, and drops those it returns 0 for.
+pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
+        // The kernel only reads through this pointer (it copies the program).
+        filter: program.as_ptr().cast_mut(),
+    };
+    set(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+}
+
 fn set<T>(fd: RawFd, level: libc::c_int, option: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: setsockopt on a descriptor the caller owns, with a pointer to a live `T` and its
     // exact size; the kernel copies the value and keeps no reference to it.

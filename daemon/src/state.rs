@@ -29,6 +29,7 @@ use serde::Serialize;
 use sitelink_config::{
     Cidr, Config, Delta, Endpoint, Interface, Peer, PeerIndex, PrivateKey, PublicKey,
 };
+use sitelink_engine::health::EndpointSource;
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 use tokio::task::JoinHandle;
 
@@ -462,7 +463,7 @@ impl State {
                 continue;
             };
             if !has_endpoint {
-                engine.set_endpoint(id, endpoint);
+                engine.set_endpoint(id, endpoint, EndpointSource::Learned);
                 restored += 1;
             }
             if was_up {
@@ -471,6 +472,13 @@ impl State {
             }
         }
         (restored, initiated)
+    }
+
+    /// Whether `key`'s host-name endpoint is still being resolved (none found yet).
+    pub fn is_resolving(&self, key: &PublicKey) -> bool {
+        self.resolvers
+            .get(key)
+            .is_some_and(|task| !task.is_finished())
     }
 
     pub async fn teardown(&mut self) {
@@ -536,7 +544,7 @@ fn update_peer(engine: &mut Engine, id: PeerId, before: &Peer, after: &Peer) -> 
         // A configured endpoint change takes effect now; an unchanged one leaves the
         // roamed endpoint alone.
         if let Some(addr) = after.endpoint.as_ref().and_then(Endpoint::ip) {
-            engine.set_endpoint(id, addr);
+            engine.set_endpoint(id, addr, EndpointSource::Config);
         }
         changed = true;
     }
@@ -573,14 +581,17 @@ async fn resolve_endpoint(
             Ok(Ok(addrs)) if !addrs.is_empty() => {
                 let addr = addrs[0];
                 tracing::info!(peer, %endpoint, %addr, "resolved endpoint");
-                dataplane::lock(&engine).set_endpoint(id, addr);
+                dataplane::lock(&engine).set_endpoint(id, addr, EndpointSource::Dns);
                 return;
             }
             Ok(Ok(_)) => {
-                tracing::warn!(peer, %endpoint, retry_in = ?delay, "endpoint resolved to no addresses")
+                tracing::warn!(peer, %endpoint, retry_in = ?delay, "endpoint resolved to no addresses");
+                dataplane::lock(&engine)
+                    .note_error(id, format!("dns: {endpoint} has no addresses"));
             }
             Ok(Err(e)) => {
-                tracing::warn!(peer, %endpoint, error = %e, retry_in = ?delay, "cannot resolve endpoint")
+                tracing::warn!(peer, %endpoint, error = %e, retry_in = ?delay, "cannot resolve endpoint");
+                dataplane::lock(&engine).note_error(id, format!("dns: {e}"));
             }
             Err(e) => tracing::warn!(peer, %endpoint, error = %e, "resolver task failed"),
         }

@@ -16,6 +16,32 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// the kernel module aim for.
 const SOCKET_BUFFER: usize = 7 << 20;
 
+/// A classic BPF socket filter that keeps only what can be a WireGuard message: the first
+/// four bytes of the payload are a message type 1 to 4 and three zero bytes. The kernel drops
+/// anything else before it takes socket-buffer space or a `recvmmsg` slot, so a flood of
+/// garbage costs the packet loop nothing and cannot crowd out tunnel packets (drops show in
+/// the kernel's UDP `InErrors`, `netstat -su`). Lengths are not checked here: with UDP GRO a
+/// datagram the filter sees may be several coalesced messages; the engine checks them.
+///
+/// The filter of a UDP socket sees the UDP header first: the payload starts at offset 8.
+const WIREGUARD_ONLY: [libc::sock_filter; 7] = {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+    [
+        op(LD_W_ABS, 0, 0, 8),        // A = payload[0..4], big-endian
+        op(JEQ_K, 4, 0, 0x0400_0000), // transport data (the common case first)
+        op(JEQ_K, 3, 0, 0x0100_0000), // handshake initiation
+        op(JEQ_K, 2, 0, 0x0200_0000), // handshake response
+        op(JEQ_K, 1, 0, 0x0300_0000), // cookie reply
+        op(RET_K, 0, 0, 0),           // anything else: drop
+        op(RET_K, 0, 0, u32::MAX),    // keep all of it
+    ]
+};
+
 pub struct Udp {
     pub socket: UdpSocket,
     pub dual_stack: bool,
@@ -40,6 +66,9 @@ impl Udp {
         }
         force_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
         force_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+        if let Err(e) = sockopt::attach_filter(socket.as_raw_fd(), &WIREGUARD_ONLY) {
+            tracing::warn!(error = %e, "cannot attach the socket filter; garbage datagrams reach the packet loop");
+        }
         Ok(Self {
             socket: socket.into(),
             dual_stack,

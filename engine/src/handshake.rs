@@ -13,7 +13,8 @@
 //!   second, bursts of 5 (the kernel module's numbers); more is dropped and counted. This check
 //!   ([`SourceLimits`]) runs first, where the caller queues the message, so a flood from a few
 //!   addresses never fills the queue that many distinct peers need;
-//! - under load (the caller says when: its queue filling), an initiation must carry a valid
+//! - under load (the caller says when: its queue filling; or more than [`OPEN_BUDGET`]
+//!   initiations a second to open), an initiation must carry a valid
 //!   mac2, i.e. a cookie we gave its source: without one it gets a cookie reply instead of a
 //!   handshake, from a budget of [`COOKIE_BUDGET`] replies a second, so a flood costs a MAC and
 //!   at most a bounded number of replies, never a Diffie-Hellman;
@@ -42,6 +43,10 @@ pub const PER_SOURCE_RATE: f64 = 20.0;
 pub const PER_SOURCE_BURST: f64 = 5.0;
 /// Cookie replies a second, in all.
 pub const COOKIE_BUDGET: f64 = 10_000.0;
+/// Initiations opened (one Diffie-Hellman each, ~50 µs) a second before the gate counts as
+/// under load by itself: about a tenth of a core. Legitimate peers past it get a cookie and
+/// come back one round trip later; 100,000 peers rekeying every two minutes need 830.
+pub const OPEN_BUDGET: f64 = 2_000.0;
 /// Sources tracked at once; beyond that, new sources are refused until old ones age out.
 const MAX_SOURCES: usize = 65_536;
 /// A source idle this long is forgotten (its bucket is full again anyway).
@@ -57,12 +62,13 @@ const COOKIE_REPLY_LEN: usize = 64;
 /// Whether a datagram is a handshake message (initiation, response or cookie reply), by its
 /// type and length: what the data path hands to the handshake queue.
 pub fn is_handshake(datagram: &[u8]) -> bool {
-    matches!(
-        (datagram.first(), datagram.len()),
-        (Some(&TYPE_HANDSHAKE_INIT), INIT_LEN)
-            | (Some(&TYPE_HANDSHAKE_RESPONSE), RESPONSE_LEN)
-            | (Some(&TYPE_COOKIE_REPLY), COOKIE_REPLY_LEN)
-    )
+    datagram.get(1..4) == Some(&[0, 0, 0])
+        && matches!(
+            (datagram.first(), datagram.len()),
+            (Some(&TYPE_HANDSHAKE_INIT), INIT_LEN)
+                | (Some(&TYPE_HANDSHAKE_RESPONSE), RESPONSE_LEN)
+                | (Some(&TYPE_COOKIE_REPLY), COOKIE_REPLY_LEN)
+        )
 }
 
 /// What to do with a handshake message.
@@ -109,6 +115,7 @@ pub struct HandshakeGate {
     /// so the cookies it hands out are the ones it accepts.
     loaded: RateLimiter,
     cookies: Bucket,
+    opens: Bucket,
     counters: GateCounters,
 }
 
@@ -128,6 +135,7 @@ impl HandshakeGate {
             normal,
             loaded: RateLimiter::new(&public, 0),
             cookies: Bucket::full(COOKIE_BUDGET, now),
+            opens: Bucket::full(OPEN_BUDGET, now),
             counters: GateCounters::default(),
         }
     }
@@ -167,7 +175,10 @@ impl HandshakeGate {
         if datagram[0] == TYPE_HANDSHAKE_RESPONSE {
             return self.pass();
         }
-        if !under_load {
+        // Under load when the caller says so (its queue filling), or when initiations come
+        // faster than we want to spend Diffie-Hellmans on: a flood from many addresses, each
+        // within its own share, still costs at most OPEN_BUDGET of them a second.
+        if !under_load && self.opens.take(now, OPEN_BUDGET, OPEN_BUDGET) {
             return self.open(datagram);
         }
         let base = reply.as_ptr() as usize;

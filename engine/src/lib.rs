@@ -40,6 +40,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod handshake;
+pub mod health;
 mod log_limit;
 pub mod peers;
 pub mod routing;
@@ -58,6 +59,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 
+use crate::health::{EndpointSource, Health, LinkState};
 use crate::log_limit::{LogKind, LogLimiter};
 pub use crate::peers::PeerId;
 use crate::peers::{Peer, Peers};
@@ -90,7 +92,7 @@ const HANDSHAKE_RATE_LIMIT: u64 = u64::MAX;
 const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
-const TYPE_HANDSHAKE_INIT: u8 = 1;
+pub(crate) const TYPE_HANDSHAKE_INIT: u8 = 1;
 const TYPE_COOKIE_REPLY: u8 = 3;
 const TYPE_DATA: u8 = 4;
 const COOKIE_REPLY_LEN: usize = 64;
@@ -151,7 +153,7 @@ pub struct Counters {
 /// A peer as status reports it, generic over how its name and prefixes are held: owned
 /// ([`PeerStatus`]) or borrowed from the engine ([`PeerView`], for reporting many peers without
 /// copying them). Holds no secrets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PeerInfo<N, A> {
     pub id: PeerId,
     pub name: N,
@@ -168,6 +170,28 @@ pub struct PeerInfo<N, A> {
     pub up: bool,
     /// Whether boringtun state exists for this peer (idle peers have none).
     pub session: bool,
+    /// Its link state and what went wrong last.
+    pub health: HealthInfo,
+}
+
+/// A peer's [`health`] as status reports it, in wall-clock time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthInfo {
+    pub state: LinkState,
+    /// Initiations sent since the last completed handshake, and since when.
+    pub attempts: u32,
+    pub trying_since: Option<SystemTime>,
+    pub last_error: Option<ErrorInfo>,
+    pub endpoint_source: Option<EndpointSource>,
+}
+
+/// The last error of a peer: the first and latest time of this run of it, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub reason: health::Reason,
+    pub since: SystemTime,
+    pub at: SystemTime,
+    pub count: u64,
 }
 
 /// A peer's status, owned.
@@ -191,6 +215,7 @@ impl PeerView<'_> {
             bad_source: self.bad_source,
             up: self.up,
             session: self.session,
+            health: self.health.clone(),
         }
     }
 }
@@ -319,6 +344,7 @@ impl Engine {
             up: false,
             next_reinit: None,
             last_sent: None,
+            health: Health::new(spec.endpoint.map(|_| EndpointSource::Config)),
             initiate: false,
             stale_answered: None,
             session: None,
@@ -437,14 +463,25 @@ impl Engine {
         true
     }
 
-    /// Sets a peer's endpoint (a resolved host name, or an operator's change). The sticky
-    /// local address belonged to the old endpoint and is forgotten.
-    pub fn set_endpoint(&mut self, id: PeerId, endpoint: SocketAddr) {
+    /// Sets a peer's endpoint (a resolved host name, an operator's change, one remembered
+    /// from a previous run), saying where it came from. The sticky local address belonged to
+    /// the old endpoint and is forgotten.
+    pub fn set_endpoint(&mut self, id: PeerId, endpoint: SocketAddr, source: EndpointSource) {
         if let Some(peer) = self.peers.get_mut(id) {
             peer.endpoint = Some(endpoint);
             peer.local = None;
+            peer.health.endpoint_source = Some(source);
         }
         self.wake_always_on(id);
+    }
+
+    /// Records a problem with a peer's link that only the caller sees (a DNS failure, a send
+    /// error), as its `last_error`: `reason` is shown as is.
+    pub fn note_error(&mut self, id: PeerId, reason: String) {
+        let now = self.clock.0;
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.health.error(health::Reason::Other(reason), now);
+        }
     }
 
     /// Sends a handshake initiation to the peer at the next timer run, if it has an endpoint
@@ -499,6 +536,27 @@ impl Engine {
         self.peer_view(id).map(|v| v.to_status())
     }
 
+    /// A peer's health record in wall-clock time, with its state as of the last tick.
+    fn health_info(&self, p: &Peer) -> HealthInfo {
+        let h = &p.health;
+        let wall_now = self.clock.1;
+        let age = p
+            .last_handshake
+            .map(|t| wall_now.duration_since(t).unwrap_or(Duration::ZERO));
+        HealthInfo {
+            state: h.state(p.endpoint.is_some(), age, p.session.is_some()),
+            attempts: h.attempts,
+            trying_since: h.trying_since.map(|t| self.wall_at(t)),
+            last_error: h.last_error.as_ref().map(|e| ErrorInfo {
+                reason: e.reason.clone(),
+                since: self.wall_at(e.since),
+                at: self.wall_at(e.at),
+                count: e.count,
+            }),
+            endpoint_source: h.endpoint_source,
+        }
+    }
+
     pub fn peer_view(&self, id: PeerId) -> Option<PeerView<'_>> {
         let p = self.peers.get(id)?;
         Some(PeerView {
@@ -515,6 +573,7 @@ impl Engine {
             bad_source: p.bad_source,
             up: p.up,
             session: p.session.is_some(),
+            health: self.health_info(p),
         })
     }
 
@@ -563,7 +622,7 @@ impl Engine {
             }
             return match tunnel.tunn.format_handshake_initiation(buf, false) {
                 TunnResult::WriteToNetwork(payload) => {
-                    peer.last_sent = Some(now);
+                    peer.sent(now, payload);
                     Some(Transmit {
                         dst: endpoint,
                         src: peer.local,
@@ -579,8 +638,7 @@ impl Engine {
                     tunnel.sent += 1;
                     tunnel.rekey_due |= tunnel.sent == REKEY_AFTER_MESSAGES;
                 }
-                peer.tx_bytes += payload.len() as u64;
-                peer.last_sent = Some(now);
+                peer.sent(now, payload);
                 Some(Transmit {
                     dst: endpoint,
                     src: peer.local,
@@ -676,8 +734,10 @@ impl Engine {
                     tunnel.tunn.format_handshake_initiation(buf, true),
                 ) {
                     (Some(endpoint), TunnResult::WriteToNetwork(out)) => {
+                        // (Field by field: `session` still borrows the peer.)
                         peer.tx_bytes += out.len() as u64;
                         peer.last_sent = Some(now);
+                        peer.health.initiation_sent(now);
                         Step::NetworkTo(endpoint, peer.local, range_of(base, out))
                     }
                     _ => Step::Nothing,
@@ -705,6 +765,7 @@ impl Engine {
                                 peer.stale_answered = Some(now);
                                 peer.tx_bytes += out.len() as u64;
                                 peer.last_sent = Some(now);
+                                peer.health.initiation_sent(now);
                                 Step::NetworkTo(endpoint, peer.local, range_of(base, out))
                             }
                             _ => Step::Nothing,
@@ -712,6 +773,7 @@ impl Engine {
                     }
                     _ => Step::Nothing,
                 };
+                peer.health.error(health::Reason::OldTimestamp, now);
                 if let Some(n) = self.log.allow(LogKind::Refused, now) {
                     tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), %from,
                         suppressed = n, answered = matches!(answer, Step::NetworkTo(..)),
@@ -721,6 +783,17 @@ impl Engine {
             }
             TunnResult::Err(e) => {
                 self.counters.invalid += 1;
+                // A handshake message of this peer's session that does not authenticate is
+                // worth telling the operator (a response that does not open: the preshared
+                // keys differ); data that does not is just noise someone sent.
+                if kind != TYPE_DATA
+                    && matches!(
+                        e,
+                        WireGuardError::InvalidMac | WireGuardError::InvalidAeadTag
+                    )
+                {
+                    peer.health.error(health::Reason::BadMac, now);
+                }
                 if let Some(n) = self.log.allow(LogKind::Refused, now) {
                     tracing::info!(peer = %peer.name, key = %peer.public_key.short(), %from,
                         reason = reason(&e), suppressed = n, "refused packet");
@@ -734,6 +807,7 @@ impl Engine {
                 } else {
                     // boringtun may hold packets queued behind this handshake.
                     self.pending_flush.push(id);
+                    // A response to an initiation (never an initiation itself).
                     peer.tx_bytes += out.len() as u64;
                     peer.last_sent = Some(now);
                 }
@@ -767,6 +841,7 @@ impl Engine {
                     tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = %from, "peer roamed to a new endpoint");
                 }
                 peer.endpoint = Some(from);
+                peer.health.endpoint_source = Some(EndpointSource::Learned);
             }
             if local.is_some() {
                 peer.local = local;
@@ -936,8 +1011,7 @@ impl Engine {
             };
             if let TunnResult::WriteToNetwork(out) = tunnel.tunn.decapsulate(None, &[], buf) {
                 let range = range_of(base, out);
-                peer.tx_bytes += range.len() as u64;
-                peer.last_sent = Some(now);
+                peer.sent(now, &buf[range.clone()]);
                 return Some((endpoint, peer.local, range));
             }
         }
@@ -1068,8 +1142,7 @@ impl Engine {
         note_handshake(peer, wall);
         let result = match (out, peer.endpoint) {
             (Some(range), Some(endpoint)) => {
-                peer.tx_bytes += range.len() as u64;
-                peer.last_sent = Some(now);
+                peer.sent(now, &buf[range.clone()]);
                 Some((endpoint, peer.local, range))
             }
             _ => None,
@@ -1207,6 +1280,7 @@ fn note_handshake(peer: &mut Peer, wall: SystemTime) {
         return;
     }
     peer.last_handshake = Some(at);
+    peer.health.handshake_completed();
     // New keys: the message limits count from here.
     if let Some(session) = peer.session.as_mut() {
         session.current.sent = 0;

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use sitelink_config::{Cidr, PresharedKey, PublicKey};
 
+use crate::health::Health;
 use crate::session::Session;
 use crate::Instant;
 
@@ -46,6 +47,8 @@ pub(crate) struct Peer {
     pub next_reinit: Option<Instant>,
     /// When we last sent this peer anything; persistent keepalives measure from here.
     pub last_sent: Option<Instant>,
+    /// Attempts, last error, endpoint source: what `show` explains a link with.
+    pub health: Health,
     /// An initiation is wanted at the next timer run ([`crate::Engine::initiate`]).
     pub initiate: bool,
     /// When we last answered this peer's stale-timestamp initiation with our own (at most
@@ -61,6 +64,15 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// Accounts for a datagram we send this peer (bytes, keepalive clock, attempts).
+    pub fn sent(&mut self, now: Instant, datagram: &[u8]) {
+        self.tx_bytes += datagram.len() as u64;
+        self.last_sent = Some(now);
+        if datagram.first() == Some(&crate::TYPE_HANDSHAKE_INIT) {
+            self.health.initiation_sent(now);
+        }
+    }
+
     /// An endpoint and a keepalive: a link we keep up ourselves, traffic or not.
     pub fn always_on(&self) -> bool {
         self.endpoint.is_some() && self.keepalive.is_some()

@@ -317,6 +317,10 @@ fn endpoint_roams_on_authenticated_packets_only() {
     let roamed: SocketAddr = "198.18.7.7:40000".parse().unwrap();
     p.deliver(roamed, p.b.addr, &data);
     assert_eq!(p.status_b().endpoint, Some(roamed));
+    assert_eq!(
+        p.status_b().health.endpoint_source,
+        Some(crate::health::EndpointSource::Learned)
+    );
 
     // A replay of it from elsewhere is refused and moves nothing.
     let attacker: SocketAddr = "198.18.6.6:666".parse().unwrap();
@@ -1047,7 +1051,8 @@ fn replies_leave_from_the_address_the_peer_used() {
     let secondary: SocketAddr = "198.18.0.3:51820".parse().unwrap();
     p.b.aliases.push(secondary);
     let id = p.status_a().id;
-    p.a.engine.set_endpoint(id, secondary);
+    p.a.engine
+        .set_endpoint(id, secondary, EndpointSource::Config);
     p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
     p.settle();
     p.tun_in(p.b.addr, &ipv4([198, 19, 2, 5], [198, 19, 1, 5], b"2"));
@@ -1280,4 +1285,131 @@ fn initiate_sends_a_handshake_to_a_peer_with_an_endpoint_and_nothing_without_one
     lone.handle_timeout(Instant::now(), wall());
     let mut buf = vec![0u8; BUF];
     assert!(lone.poll_transmit(&mut buf).is_none());
+}
+
+#[test]
+fn link_state_and_last_error_follow_what_happens() {
+    use crate::health::{LinkState, Reason};
+    let mut p = pair(None);
+    let health = |p: &Pair| p.status_a().health;
+    // Configured endpoint, nothing sent yet: down, and the endpoint is from the config.
+    let h = health(&p);
+    assert_eq!(h.state, LinkState::Down);
+    assert_eq!(h.endpoint_source, Some(EndpointSource::Config));
+    assert_eq!((h.attempts, h.last_error.clone()), (0, None));
+    // B's view: no endpoint until A connects.
+    let (k, _) = key();
+    let mut lone = Engine::new(Some(&k), Instant::now(), wall());
+    lone.add_peer(PeerSpec {
+        name: "roaming".into(),
+        public_key: key().1,
+        preshared_key: None,
+        endpoint: None,
+        allowed_ips: vec![cidr("198.19.9.0/24")],
+        persistent_keepalive: None,
+    })
+    .unwrap();
+    assert_eq!(
+        lone.peers().next().unwrap().health.state,
+        LinkState::NoEndpoint
+    );
+
+    // The link is cut: A's initiations go unanswered. Connecting, counting attempts, and a
+    // no-response error counting the unanswered ones since the first.
+    p.link_up = false;
+    let start = wall();
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    let h = health(&p);
+    assert_eq!((h.state, h.attempts), (LinkState::Connecting, 1));
+    assert_eq!(h.trying_since, Some(start));
+    assert_eq!(
+        h.last_error, None,
+        "one unanswered initiation is not an error yet"
+    );
+    p.advance(Duration::from_secs(12));
+    let h = health(&p);
+    assert_eq!(h.state, LinkState::Connecting);
+    assert!(h.attempts >= 3, "retries every 5 s: {}", h.attempts);
+    let e = h.last_error.expect("no-response recorded");
+    assert_eq!(e.reason, Reason::NoResponse);
+    assert_eq!(e.since, start);
+    assert_eq!(e.count, u64::from(h.attempts - 1));
+
+    // The link returns: up, attempts reset, the error kept as history.
+    p.link_up = true;
+    p.advance(Duration::from_secs(6));
+    let h = health(&p);
+    assert_eq!(
+        (h.state, h.attempts, h.trying_since),
+        (LinkState::Up, 0, None)
+    );
+    assert_eq!(h.last_error.map(|e| e.reason), Some(Reason::NoResponse));
+    assert_eq!(
+        p.status_b().health.endpoint_source,
+        Some(EndpointSource::Config)
+    );
+
+    // A replay of A's initiation at B: B's record for A says so, twice counted.
+    let init = p
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, from, d)| *from == p.a.addr && d[0] == TYPE_HANDSHAKE_INIT)
+        .map(|(_, _, d)| d.clone())
+        .unwrap();
+    let attacker: SocketAddr = "198.18.6.6:666".parse().unwrap();
+    p.deliver(attacker, p.b.addr, &init);
+    p.deliver(attacker, p.b.addr, &init);
+    let e = p
+        .status_b()
+        .health
+        .last_error
+        .expect("B recorded the refusal");
+    assert_eq!((e.reason, e.count), (Reason::OldTimestamp, 2));
+
+    // Daemon-side errors (DNS) are recorded as given.
+    let id = p.status_a().id;
+    p.a.engine.note_error(id, "dns: no such host".into());
+    assert_eq!(
+        health(&p).last_error.map(|e| e.reason),
+        Some(Reason::Other("dns: no such host".into()))
+    );
+
+    // No traffic for longer than a session lives: down again (on demand, nothing tried).
+    p.advance(Duration::from_secs(200));
+    assert_eq!(health(&p).state, LinkState::Down);
+}
+
+#[test]
+fn past_its_budget_of_diffie_hellmans_a_second_the_gate_demands_cookies() {
+    use crate::handshake::{Verdict, OPEN_BUDGET};
+    let mut p = connected(None);
+    let b_key = p.b.engine.public_key().unwrap();
+    let mut gate = p.b.engine.handshake_gate(Instant::now()).unwrap();
+    let flood = stranger_initiations(b_key, 8);
+    let mut reply = vec![0u8; BUF];
+    // Many sources, each within its share, all in one instant.
+    let (mut opened, mut cookies) = (0, 0);
+    for i in 0..(OPEN_BUDGET as u32 + 100) {
+        let from = SocketAddr::from((Ipv4Addr::from(0xc612_0000 + i), 1000));
+        match gate.check(
+            Instant::now(),
+            from,
+            &flood[i as usize % 8],
+            false,
+            &mut reply,
+        ) {
+            Verdict::Initiation(_) => opened += 1,
+            Verdict::Cookie(_) => cookies += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!((opened, cookies), (OPEN_BUDGET as u32, 100));
+    // A second later the budget is back.
+    MockClock::advance(Duration::from_secs(1));
+    let from = SocketAddr::from(([198, 18, 9, 9], 1));
+    assert!(matches!(
+        gate.check(Instant::now(), from, &flood[0], false, &mut reply),
+        Verdict::Initiation(_)
+    ));
 }
