@@ -26,6 +26,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+# cargo-fuzz, for the fuzz targets' corpus replay and short runs (scripts/fuzz.sh --ci).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing: cargo-fuzz"
+    cargo install --quiet --locked cargo-fuzz
+fi
 
 # The namespace tests run the binaries, so build them first.
 cargo build --workspace --locked
@@ -41,6 +46,10 @@ cargo test --locked -p sitelink-engine --features mock-instant --lib 2>&1 | tee 
 # root, with lintian. (The slower boot test under qemu is separate: packaging/vm/.)
 bash packaging/check-units.sh 2>&1 | tee -a "$log"
 bash packaging/test-deb.sh 2>&1 | tee -a "$log"
+
+# Fuzz targets (fuzz/, its own workspace): every committed corpus input replayed, then each
+# target fuzzed for 10 s. Long runs: `bash scripts/fuzz.sh --long TARGET` (see the README).
+bash scripts/fuzz.sh --ci 2>&1 | tee -a "$log"
 
 # One closing line over every test binary above.
 awk '/^test result:|^[a-z-]+: [0-9]+ passed, [0-9]+ failed/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

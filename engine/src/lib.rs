@@ -674,7 +674,7 @@ impl Engine {
             return Received::Nothing;
         }
         match self.datagram_step(now, from, local, datagram, buf) {
-            Step::Nothing | Step::Dropped => Received::Nothing,
+            Step::Nothing | Step::Dropped | Step::Malformed => Received::Nothing,
             Step::Tunnel(r) => Received::Tunnel(&buf[r]),
             Step::Network(r) => Received::Network(Transmit {
                 dst: from,
@@ -847,6 +847,9 @@ impl Engine {
                 peer.local = local;
             }
         }
+        if matches!(step, Step::Malformed) {
+            self.counters.invalid += 1;
+        }
         if matches!(step, Step::Dropped) {
             self.counters.bad_source += 1;
             peer.bad_source += 1;
@@ -859,7 +862,7 @@ impl Engine {
             self.peers.release_index(index);
         }
         match step {
-            Step::Dropped => Step::Nothing,
+            Step::Dropped | Step::Malformed => Step::Nothing,
             other => other,
         }
     }
@@ -1310,7 +1313,10 @@ enum Target {
 /// end before the caller re-slices it.
 enum Step {
     Nothing,
+    /// A decrypted packet whose source is not the sender's (the inbound check).
     Dropped,
+    /// A decrypted packet that is not a whole IP header.
+    Malformed,
     Tunnel(Range<usize>),
     /// A reply to the datagram's source.
     Network(Range<usize>),
@@ -1321,7 +1327,14 @@ enum Step {
 /// The inbound source check: a decrypted packet is accepted only if the longest prefix
 /// matching its source belongs to the peer that sent it. A peer with `198.19.0.0/16` cannot
 /// send as `198.19.2.5` when `198.19.2.0/24` belongs to another peer.
+/// boringtun cuts a decrypted packet to its IP length field without checking that field
+/// against the header's size (found by fuzzing: a length of 0 gave an empty "packet"), so
+/// the header's size is checked here.
 fn inbound(routes: &RoutingTable<PeerId>, id: PeerId, src: IpAddr, r: Range<usize>) -> Step {
+    let header = if src.is_ipv4() { 20 } else { 40 };
+    if r.len() < header {
+        return Step::Malformed;
+    }
     if routes.lookup(src) == Some(id) {
         Step::Tunnel(r)
     } else {

@@ -1413,3 +1413,31 @@ fn past_its_budget_of_diffie_hellmans_a_second_the_gate_demands_cookies() {
         Verdict::Initiation(_)
     ));
 }
+
+/// Found by fuzzing (engine_datagram_no_session): boringtun hands back a decrypted IPv4 packet
+/// cut to its length field, even when that field is smaller than the header.
+#[test]
+fn a_decrypted_packet_shorter_than_its_ip_header_never_reaches_the_tun_side() {
+    let mut p = pair(None);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"hello"));
+    p.settle();
+    assert_eq!(p.b.tun_out.len(), 1);
+    let invalid = p.b.engine.counters().invalid;
+    for length in [0u16, 19] {
+        let mut bad = ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x");
+        bad[2..4].copy_from_slice(&length.to_be_bytes());
+        p.tun_in(p.a.addr, &bad);
+        p.settle();
+    }
+    assert_eq!(
+        p.b.tun_out.len(),
+        1,
+        "a truncated packet reached the TUN side: {:?}",
+        p.b.tun_out
+    );
+    assert_eq!(p.b.engine.counters().invalid, invalid + 2);
+    // The session is fine.
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"again"));
+    p.settle();
+    assert_eq!(p.b.tun_out.len(), 2);
+}
