@@ -2,7 +2,8 @@
 # Boots a Debian bookworm VM (Debian's kernel, systemd as PID 1) under QEMU software
 # emulation, installs the sitelink .deb in it and checks sitelinkd@.service for real:
 # start, status, interface and routes, reload, the watchdog restarting a stopped daemon,
-# sitelink.target, stop. See packaging/vm/README.md.
+# sitelink.target, stop; then sitelinkd against the kernel's WireGuard (handshakes both ways,
+# IPv4/IPv6 traffic, a rekey). See packaging/vm/README.md.
 #
 #   bash packaging/vm/run-vm-test.sh [--deb PATH] [--timeout SECONDS] [--fresh-root]
 #
@@ -20,7 +21,11 @@ serial_log="$vm_dir/serial.log"
 results="$vm_dir/results.txt"
 journal_out="$vm_dir/sitelinkd-journal.txt"
 mirror="${SITELINK_VM_MIRROR:-http://deb.debian.org/debian}"
-vm_timeout=900                   # hard limit on the whole VM run (seconds)
+# What debootstrap puts in the root. wireguard-tools (wg), socat, jq: the kernel WireGuard
+# interop test. The list is recorded in the root's marker file; a cached root built from
+# another list is rebuilt.
+root_pkgs=systemd,systemd-sysv,dbus,udev,kmod,linux-image-amd64,iproute2,iputils-ping,procps,less,wireguard-tools,socat,jq
+vm_timeout=1500                  # hard limit on the whole VM run (seconds)
 deb=""
 fresh_root=0
 
@@ -71,7 +76,7 @@ build_root() {
     mkdir -p "$tmp"
     say "debootstrap bookworm into $tmp (cold: several minutes)"
     debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,udev,kmod,linux-image-amd64,iproute2,iputils-ping,procps,less \
+        --include="$root_pkgs" \
         bookworm "$tmp" "$mirror" > "$vm_dir/debootstrap.log" 2>&1 || {
         tail -n 30 "$vm_dir/debootstrap.log" >&2
         echo "debootstrap failed (full log: $vm_dir/debootstrap.log)" >&2
@@ -94,7 +99,7 @@ build_root() {
         echo "the initramfs lacks virtio_blk; cannot boot root=/dev/vda" >&2
         exit 1
     fi
-    touch "$tmp/.sitelink-vm-root-complete"
+    echo "$root_pkgs" > "$tmp/.sitelink-vm-root-complete"
     rm -rf "$root_dir"
     mv "$tmp" "$root_dir"
 }
@@ -104,6 +109,10 @@ t_root=$(date +%s)
 if [ "$fresh_root" = 1 ] || [ ! -e "$root_dir/.sitelink-vm-root-complete" ]; then
     build_root
     root_state="built (cold)"
+elif [ "$(cat "$root_dir/.sitelink-vm-root-complete")" != "$root_pkgs" ]; then
+    say "the cached root has another package list: rebuilding it"
+    build_root
+    root_state="rebuilt (package list changed)"
 else
     root_state="cached (warm)"
 fi
@@ -176,6 +185,7 @@ fi
 
 # The test: a oneshot unit that runs after boot, then powers the VM off either way.
 install -m 755 "$here/vm-test.sh" "$stage_dir/root/vm-test.sh"
+install -m 644 "$here/kernel-wg-test.sh" "$stage_dir/root/kernel-wg-test.sh"
 install -m 644 "$here/sitelink-vm-test.service" "$stage_dir/etc/systemd/system/sitelink-vm-test.service"
 mkdir -p "$stage_dir/etc/systemd/system/multi-user.target.wants"
 ln -sf ../sitelink-vm-test.service \
@@ -196,7 +206,7 @@ say "disk image ready (${image_secs}s): package: $package_desc"
 
 # --- boot --------------------------------------------------------------------------------
 say "booting the VM (TCG, no KVM; hard limit ${vm_timeout}s); serial console: $serial_log"
-rm -f "$serial_log" "$results" "$journal_out"
+rm -f "$serial_log" "$results" "$journal_out" "$vm_dir/sitelinkd-slk0-journal.txt" "$vm_dir/kernel-wg-dmesg.txt"
 t_vm=$(date +%s)
 vm_rc=0
 timeout --kill-after=15 "$vm_timeout" \
@@ -220,6 +230,8 @@ fi
 debugfs -R "cat /root/vm-results.txt" "$disk" > "$results" 2>/dev/null || true
 debugfs -R "cat /root/sitelinkd-journal.txt" "$disk" > "$journal_out" 2>/dev/null || true
 debugfs -R "cat /root/security.txt" "$disk" > "$vm_dir/security.txt" 2>/dev/null || true
+debugfs -R "cat /root/sitelinkd-slk0-journal.txt" "$disk" > "$vm_dir/sitelinkd-slk0-journal.txt" 2>/dev/null || true
+debugfs -R "cat /root/kernel-wg-dmesg.txt" "$disk" > "$vm_dir/kernel-wg-dmesg.txt" 2>/dev/null || true
 if ! grep -q '^VM-TEST-DONE' "$results"; then
     tr -d '\r' < "$serial_log" | grep -aoE '(PASS|FAIL|INFO) .*|VM-TEST-DONE.*' > "$results" || true
 fi
@@ -231,9 +243,11 @@ echo "========================="
 n_pass=$(grep -c '^PASS ' "$results" || true)
 n_fail=$(grep -c '^FAIL ' "$results" || true)
 boot_secs=$(sed -n 's/^INFO boot-seconds \([0-9]*\).*/\1/p' "$results" | head -n 1)
+kwg_secs=$(sed -n 's/^INFO kernel WireGuard part took \([0-9]*s (rekey wait [0-9]*s)\).*/\1/p' "$results" | head -n 1)
 total_secs=$(( $(date +%s) - t_start ))
-say "root ${root_secs}s ($root_state), image ${image_secs}s, VM ${vm_secs}s (boot to test start: ${boot_secs:-?}s), total ${total_secs}s"
+say "root ${root_secs}s ($root_state), image ${image_secs}s, VM ${vm_secs}s (boot to test start: ${boot_secs:-?}s; kernel WireGuard part: ${kwg_secs:-?}), total ${total_secs}s"
 say "serial log: $serial_log; sitelinkd journal: $journal_out; security report: $vm_dir/security.txt"
+say "kernel WireGuard test: sitelinkd@slk0 journal $vm_dir/sitelinkd-slk0-journal.txt, kernel log $vm_dir/kernel-wg-dmesg.txt"
 if ! grep -q '^VM-TEST-DONE' "$results"; then
     say "FAILED: the test did not finish (VM-TEST-DONE missing); see the serial log:"
     tr -d '\r' < "$serial_log" | tail -n 40
