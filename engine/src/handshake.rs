@@ -232,7 +232,7 @@ impl HandshakeGate {
 }
 
 /// The per-source share of handshake messages: a token bucket per source address (IPv4, or
-/// IPv6 /64), for at most [`MAX_SOURCES`] sources at once. Cheap enough (one hash lookup) for
+/// IPv6 /64), for at most 65,536 sources at once (`MAX_SOURCES`). Cheap enough (one hash lookup) for
 /// the packet loop to ask before it queues a message.
 #[derive(Default)]
 pub struct SourceLimits {

@@ -6,7 +6,9 @@
 //! address, peer deadlines ([`timers`]), session state created lazily and the hitless
 //! preshared-key hand-over ([`session`]), re-initiation of always-on links, the handshake
 //! gate that runs in front of it under floods ([`handshake`]: mac1, cookies under load,
-//! per-source limits), and the counters status reports. Doesn't own: sockets, the TUN
+//! per-source limits, the anonymous parse outside the engine's lock), each peer's link state
+//! and last error ([`health`]), answering a stale-timestamp initiation with our own, and the
+//! counters status reports. Doesn't own: sockets, the TUN
 //! device, the clock, DNS, logging sinks; the caller (sitelinkd) does all I/O and passes time
 //! in.
 //!
@@ -27,7 +29,10 @@
 //! retries, keepalives, rekeys). [`Engine::poll_timeout`] says when the next peer is due, and
 //! why; `None` when no peer has anything scheduled (an idle engine does no periodic work). If a
 //! send from a [`Transmit::src`] address fails because the address is gone, tell the engine
-//! with [`Engine::forget_source`] and send again without it.
+//! with [`Engine::forget_source`] and send again without it. [`Engine::initiate`] asks for an
+//! initiation at the next timer run (a restarted daemon bringing its links back);
+//! [`Engine::note_error`] records a problem only the caller sees (DNS, sends) as a peer's
+//! last error.
 //!
 //! Buffers: every `buf` must be at least [`MIN_BUF`] bytes and at least the input length
 //! plus [`OVERHEAD`]; a shorter one gets the packet dropped and counted, never a panic.
