@@ -358,15 +358,16 @@ impl Io<'_> {
         drop(slices);
         let mut engine = lock(engine);
         let now = Instant::now();
+        // Handshake messages of this batch, for the handshake thread: handed over at the end,
+        // under one lock of its queue (a flood is mostly these).
+        let mut handshakes = Vec::new();
         for (buf, meta) in b.udp_bufs.iter().zip(&b.udp_meta).take(n) {
             let from = canonical(meta.addr);
             let local = meta.dst_ip.map(canonical_ip);
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len].chunks(stride) {
                 if handshake::is_handshake(datagram) {
-                    // Served by the handshake thread, behind the gate; dropped (and counted)
-                    // if its queue is full.
-                    self.handshakes.push(now, from, local, datagram);
+                    handshakes.push((from, local, datagram));
                     continue;
                 }
                 match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {
@@ -384,6 +385,11 @@ impl Io<'_> {
         self.drain_engine(&mut engine, &mut b.scratch);
         note_deadline(&engine, next_tick);
         drop(engine);
+        if !handshakes.is_empty() {
+            // Served behind the gate; dropped (and counted) over their source's share or
+            // when the queue is full.
+            self.handshakes.push_batch(now, &handshakes);
+        }
         self.out.flush(self.tun, &mut self.gro);
         Ok(true)
     }

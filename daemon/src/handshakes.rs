@@ -110,45 +110,45 @@ impl Default for Queue {
 }
 
 impl Queue {
-    /// Hands a handshake message over (the packet loop calls this, never waiting): dropped,
-    /// and counted, if its source has used its share or the queue is full. Returns whether it
-    /// went in.
-    pub fn push(
-        &self,
-        now: Instant,
-        from: SocketAddr,
-        local: Option<IpAddr>,
-        datagram: &[u8],
-    ) -> bool {
-        if datagram.len() > MAX_MESSAGE {
-            return false;
-        }
+    /// Hands handshake messages over (the packet loop calls this once per receive batch,
+    /// never waiting): each is dropped, and counted, if its source has used its share or the
+    /// queue is full. One lock and one wake-up for the whole batch.
+    pub fn push_batch(&self, now: Instant, batch: &[(SocketAddr, Option<IpAddr>, &[u8])]) {
+        let (mut queued, mut limited, mut full) = (0u64, 0u64, 0u64);
         let mut inner = self
             .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !inner.limits.allow(from.ip(), now) {
-            drop(inner);
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return false;
+        for &(from, local, datagram) in batch {
+            if datagram.len() > MAX_MESSAGE {
+                continue;
+            }
+            if !inner.limits.allow(from.ip(), now) {
+                limited += 1;
+                continue;
+            }
+            if inner.messages.len() >= QUEUE_CAPACITY {
+                full += 1;
+                continue;
+            }
+            let mut bytes = [0u8; MAX_MESSAGE];
+            bytes[..datagram.len()].copy_from_slice(datagram);
+            inner.messages.push_back(Message {
+                from,
+                local,
+                len: datagram.len(),
+                bytes,
+            });
+            queued += 1;
         }
-        let messages = &mut inner.messages;
-        if messages.len() >= QUEUE_CAPACITY {
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let mut bytes = [0u8; MAX_MESSAGE];
-        bytes[..datagram.len()].copy_from_slice(datagram);
-        messages.push_back(Message {
-            from,
-            local,
-            len: datagram.len(),
-            bytes,
-        });
         drop(inner);
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        self.ready.notify_one();
-        true
+        let stats = &self.stats;
+        stats.rate_limited.fetch_add(limited, Ordering::Relaxed);
+        stats.queue_full.fetch_add(full, Ordering::Relaxed);
+        if queued > 0 {
+            stats.queued.fetch_add(queued, Ordering::Relaxed);
+            self.ready.notify_one();
+        }
     }
 
     /// Takes up to `max` messages into `out`, waiting up to `wait` for the first. Returns the
