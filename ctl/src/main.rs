@@ -279,10 +279,11 @@ fn render(status: &Status, now: SystemTime) -> String {
         out += &format!("  dropped: {}\n", dropped.join(", "));
     }
     let h = &i.handshakes;
-    if h.queue_full + h.rate_limited + h.cookie_replies + h.cookie_budget_spent > 0 {
+    if h.queue_full + h.rate_limited + h.cookie_replies + h.cookie_budget_spent + h.unknown_key > 0
+    {
         out += &format!(
-            "  handshakes: {} queued, {} queue full, {} rate-limited, {} cookie replies, {} over the cookie budget\n",
-            h.queued, h.queue_full, h.rate_limited, h.cookie_replies, h.cookie_budget_spent
+            "  handshakes: {} queued, {} queue full, {} rate-limited, {} cookie replies, {} over the cookie budget, {} from unknown keys\n",
+            h.queued, h.queue_full, h.rate_limited, h.cookie_replies, h.cookie_budget_spent, h.unknown_key
         );
     }
     let mut peers: Vec<&PeerStatus> = status.peers.iter().collect();
@@ -422,7 +423,7 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sitelink_config::control::{InterfaceStatus, LastError};
+    use sitelink_config::control::{HandshakeCounters, InterfaceStatus, LastError};
     use std::collections::BTreeMap;
 
     #[test]
@@ -467,7 +468,12 @@ mod tests {
                 fwmark: Some(51820),
                 table: "auto".into(),
                 dropped: BTreeMap::new(),
-                handshakes: Default::default(),
+                handshakes: HandshakeCounters {
+                    queued: 7,
+                    rate_limited: 100,
+                    unknown_key: 3,
+                    ..Default::default()
+                },
             },
             peers: vec![
                 peer("never", None),
@@ -500,6 +506,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hint: is its port open?"), "{text}");
+        assert!(
+            text.contains("handshakes: 7 queued, 0 queue full, 100 rate-limited, 0 cookie replies, 0 over the cookie budget, 3 from unknown keys"),
+            "{text}"
+        );
         assert_eq!(text.matches("state: up").count(), 2, "{text}");
 
         let mut keyless = status.clone();
