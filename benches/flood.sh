@@ -186,35 +186,18 @@ C_PUB=$("$SLC" pubkey <"$WORK/c.key")
 # ---------------------------------------------------------------- testbed
 setup_testbed() {
     local ns i
-    for ns in "${TESTBED_NS[@]}"; do
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-    done
-    ip link add lan0 netns "$NSHA" type veth peer name lan0 netns "$NSGA"
-    ip link add wan0 netns "$NSGA" type veth peer name wan0 netns "$NSGB"
-    ip link add lan0 netns "$NSGB" type veth peer name lan0 netns "$NSHB"
+    two_site_testbed
     ip link add att0 netns "$NSGB" type veth peer name att0 netns "$NSAT"
     ip link add wanc netns "$NSGB" type veth peer name wan0 netns "$NSGC"
-    ip -n "$NSHA" addr add "$LAN_A_HOST/24" dev lan0
-    ip -n "$NSGA" addr add "$LAN_A_GW/24" dev lan0
-    ip -n "$NSGA" addr add "$WAN_A/30" dev wan0
-    ip -n "$NSGB" addr add "$WAN_B/30" dev wan0
-    ip -n "$NSGB" addr add "$LAN_B_GW/24" dev lan0
     ip -n "$NSGB" addr add "$ATT_B/24" dev att0
     ip -n "$NSGB" addr add "$WANC_B/30" dev wanc
-    ip -n "$NSHB" addr add "$LAN_B_HOST/24" dev lan0
     ip -n "$NSAT" addr add "$ATT_X/24" dev att0
     ip -n "$NSGC" addr add "$WANC_C/30" dev wan0
-    for spec in "$NSHA lan0" "$NSGA lan0" "$NSGA wan0" "$NSGB wan0" "$NSGB lan0" "$NSGB att0" \
-        "$NSGB wanc" "$NSHB lan0" "$NSAT att0" "$NSGC wan0"; do
+    for spec in "$NSGB att0" "$NSGB wanc" "$NSAT att0" "$NSGC wan0"; do
         read -r ns i <<<"$spec"
         ip -n "$ns" link set "$i" up
     done
-    ip -n "$NSHA" route add default via "$LAN_A_GW"
-    ip -n "$NSHB" route add default via "$LAN_B_GW"
     ip -n "$NSGB" route add 198.18.8.0/22 via "$ATT_X"   # cookie replies go back
-    ip netns exec "$NSGA" sysctl -qw net.ipv4.ip_forward=1
-    ip netns exec "$NSGB" sysctl -qw net.ipv4.ip_forward=1
     # the attacker's source addresses, one /32 each
     "$PY" - "$SRC_BASE" "$SOURCES" <<'PYEOF' | ip -n "$NSAT" -b -
 import ipaddress, sys
@@ -222,7 +205,6 @@ base = ipaddress.IPv4Address(sys.argv[1])
 for i in range(int(sys.argv[2])):
     print(f"addr add {base + i}/32 dev att0")
 PYEOF
-    wait_for "WAN ping" 10 ip netns exec "$NSGA" ping -c 1 -W 1 "$WAN_B"
     wait_for "attacker link ping" 10 ip netns exec "$NSAT" ping -c 1 -W 1 "$ATT_B"
     wait_for "gw_c link ping" 10 ip netns exec "$NSGC" ping -c 1 -W 1 "$WANC_B"
 }
@@ -648,13 +630,6 @@ if [[ -n "$RAW_OUT" ]]; then
 fi
 
 # ---------------------------------------------------------------- summary
-quote_cmd() {
-    local out="" a
-    for a in "$@"; do
-        if [[ "$a" =~ ^[A-Za-z0-9_./=:,+@-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
-    done
-    echo "${out# }"
-}
 CMD=$(quote_cmd bash "$0" "${ORIG_ARGS[@]}")
 for v in SITELINK_FLOOD SITELINKCTL SITELINKD WIREGUARD_GO; do
     [[ -n "${!v:-}" ]] && CMD="$v=$(quote_cmd "${!v}") $CMD"

@@ -317,3 +317,45 @@ summary_title() { # summary_title NAME DATE: the "## sitelink NAME: ..." line be
     echo "## sitelink $1: $2, kernel $(uname -r), $(nproc) cores, loadavg start $LOAD_START / end $(loadavg)"
     echo
 }
+
+# quote_cmd ARGS...: the command line, quoted for a shell (the results' "Command:" line).
+quote_cmd() {
+    local out="" a
+    for a in "$@"; do
+        if [[ "$a" =~ ^[A-Za-z0-9_./=:,+@-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
+    done
+    echo "${out# }"
+}
+
+# two_site_testbed: the namespaces in TESTBED_NS (each with lo up) and the two sites between
+# them: NSHA -lan0- NSGA -wan0- NSGB -lan0- NSHB, with LAN_A_HOST/24, LAN_A_GW/24, WAN_A/30,
+# WAN_B/30, LAN_B_GW/24 and LAN_B_HOST/24, the hosts' default routes via their gateways and
+# IPv4 forwarding on the gateways; returns once the WAN answers a ping. Scripts add their own
+# links after it.
+two_site_testbed() {
+    local ns
+    for ns in "${TESTBED_NS[@]}"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    ip link add lan0 netns "$NSHA" type veth peer name lan0 netns "$NSGA"
+    ip link add wan0 netns "$NSGA" type veth peer name wan0 netns "$NSGB"
+    ip link add lan0 netns "$NSGB" type veth peer name lan0 netns "$NSHB"
+    ip -n "$NSHA" addr add "$LAN_A_HOST/24" dev lan0
+    ip -n "$NSGA" addr add "$LAN_A_GW/24" dev lan0
+    ip -n "$NSGA" addr add "$WAN_A/30" dev wan0
+    ip -n "$NSGB" addr add "$WAN_B/30" dev wan0
+    ip -n "$NSGB" addr add "$LAN_B_GW/24" dev lan0
+    ip -n "$NSHB" addr add "$LAN_B_HOST/24" dev lan0
+    ip -n "$NSHA" link set lan0 up
+    ip -n "$NSGA" link set lan0 up
+    ip -n "$NSGA" link set wan0 up
+    ip -n "$NSGB" link set wan0 up
+    ip -n "$NSGB" link set lan0 up
+    ip -n "$NSHB" link set lan0 up
+    ip -n "$NSHA" route add default via "$LAN_A_GW"
+    ip -n "$NSHB" route add default via "$LAN_B_GW"
+    ip netns exec "$NSGA" sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec "$NSGB" sysctl -qw net.ipv4.ip_forward=1
+    wait_for "WAN ping" 10 ip netns exec "$NSGA" ping -c 1 -W 1 "$WAN_B"
+}

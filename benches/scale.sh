@@ -214,31 +214,7 @@ PYEOF
 
 # ---------------------------------------------------------------- helpers
 setup_testbed() {
-    local ns
-    for ns in "${TESTBED_NS[@]}"; do
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-    done
-    ip link add lan0 netns "$NSHA" type veth peer name lan0 netns "$NSGA"
-    ip link add wan0 netns "$NSGA" type veth peer name wan0 netns "$NSGB"
-    ip link add lan0 netns "$NSGB" type veth peer name lan0 netns "$NSHB"
-    ip -n "$NSHA" addr add "$LAN_A_HOST/24" dev lan0
-    ip -n "$NSGA" addr add "$LAN_A_GW/24" dev lan0
-    ip -n "$NSGA" addr add "$WAN_A/30" dev wan0
-    ip -n "$NSGB" addr add "$WAN_B/30" dev wan0
-    ip -n "$NSGB" addr add "$LAN_B_GW/24" dev lan0
-    ip -n "$NSHB" addr add "$LAN_B_HOST/24" dev lan0
-    ip -n "$NSHA" link set lan0 up
-    ip -n "$NSGA" link set lan0 up
-    ip -n "$NSGA" link set wan0 up
-    ip -n "$NSGB" link set wan0 up
-    ip -n "$NSGB" link set lan0 up
-    ip -n "$NSHB" link set lan0 up
-    ip -n "$NSHA" route add default via "$LAN_A_GW"
-    ip -n "$NSHB" route add default via "$LAN_B_GW"
-    ip netns exec "$NSGA" sysctl -qw net.ipv4.ip_forward=1
-    ip netns exec "$NSGB" sysctl -qw net.ipv4.ip_forward=1
-    wait_for "WAN ping" 10 ip netns exec "$NSGA" ping -c 1 -W 1 "$WAN_B"
+    two_site_testbed
 }
 
 # /proc/PID/stat fields 14 (utime) + 15 (stime), all threads, in clock ticks
@@ -513,13 +489,6 @@ write_raw extra_peers round startup_s vmrss_kb vmhwm_kb idle_cpu_pct tcp_gbps re
     show_json_ms peer_add_ms show_json_us_samples peer_add_us_samples
 
 # ---------------------------------------------------------------- summary
-quote_cmd() {
-    local out="" a
-    for a in "$@"; do
-        if [[ "$a" =~ ^[A-Za-z0-9_./=:,+@-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
-    done
-    echo "${out# }"
-}
 CMD=$(quote_cmd bash "$0" "${ORIG_ARGS[@]}")
 [[ -n "${SITELINKCTL:-}" ]] && CMD="SITELINKCTL=$(quote_cmd "$SITELINKCTL") $CMD"
 [[ -n "${SITELINKD:-}" ]] && CMD="SITELINKD=$(quote_cmd "$SITELINKD") $CMD"
