@@ -85,21 +85,33 @@ pub fn load(path: &Path) -> Result<Option<(Remembered, SystemTime)>> {
     Ok(Some((remembered, modified)))
 }
 
-/// What the engine knows now: every peer with an endpoint, in the engine's order.
-pub fn snapshot(engine: &Engine) -> Remembered {
-    let peers = engine
+/// One peer as the file remembers it: its key, endpoint and whether it was up.
+pub type Seen = (PublicKey, SocketAddr, bool);
+
+/// What the engine knows now: every peer with an endpoint, in the engine's order. Taken
+/// under the engine's lock every few seconds, so it copies plain values and allocates no
+/// text per peer; [`Memory::tick`] encodes it only when it changed.
+pub fn snapshot(engine: &Engine) -> Vec<Seen> {
+    engine
         .peer_views()
-        .filter_map(|p| {
-            Some(Entry {
-                public_key: p.public_key.to_string(),
-                endpoint: p.endpoint?,
-                up: p.up,
+        .filter_map(|p| Some((p.public_key, p.endpoint?, p.up)))
+        .collect()
+}
+
+impl Remembered {
+    fn of(seen: &[Seen]) -> Self {
+        let peers = seen
+            .iter()
+            .map(|&(key, endpoint, up)| Entry {
+                public_key: key.to_string(),
+                endpoint,
+                up,
             })
-        })
-        .collect();
-    Remembered {
-        version: VERSION,
-        peers,
+            .collect();
+        Remembered {
+            version: VERSION,
+            peers,
+        }
     }
 }
 
@@ -123,7 +135,7 @@ pub fn touch(path: &Path) -> Result<()> {
 /// The writer's bookkeeping: what the file holds now and when it was last touched.
 pub struct Memory {
     path: PathBuf,
-    saved: Option<Remembered>,
+    saved: Option<Vec<Seen>>,
     touched: std::time::Instant,
     /// The last write failed (said once, until a write succeeds again).
     failing: bool,
@@ -145,9 +157,9 @@ impl Memory {
 
     /// Called every few seconds: rewrites the file if `now` differs from it, else touches it
     /// when due. A failure is logged once, not every tick, and never stops the daemon.
-    pub fn tick(&mut self, now: Remembered) {
+    pub fn tick(&mut self, now: Vec<Seen>) {
         let result = if self.saved.as_ref() != Some(&now) {
-            save(&self.path, &now).map(|()| self.saved = Some(now))
+            save(&self.path, &Remembered::of(&now)).map(|()| self.saved = Some(now))
         } else if self.touched.elapsed() >= TOUCH_EVERY {
             touch(&self.path)
         } else {
