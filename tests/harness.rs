@@ -620,6 +620,35 @@ impl GatewayConfig<'_> {
     }
 }
 
+/// Gateway A's config on [`Sites`] facing another implementation on gateway B (B's tunnel
+/// address and LAN as its allowed-ips); with `initiates`, A has B's endpoint and a 25 s
+/// keepalive, otherwise it waits for B.
+pub fn site_a_config(
+    iface: &str,
+    key_file: &Path,
+    peer_name: &str,
+    peer_key: &str,
+    initiates: bool,
+) -> String {
+    GatewayConfig {
+        iface,
+        key_file,
+        port: 51820,
+        addresses: &["198.18.100.1/24", "fd18:100::1/64"],
+        peer_name,
+        peer_key,
+        endpoint: initiates.then_some("198.18.0.2:51820"),
+        allowed_ips: &[
+            "198.18.100.2/32",
+            "198.19.2.0/24",
+            "fd18:100::2/128",
+            "fd19:2::/64",
+        ],
+        keepalive: initiates.then_some(25),
+    }
+    .toml()
+}
+
 /// A running pair of sitelink gateways on [`Sites`], A initiating to B.
 pub struct Pair {
     pub gw_a: Process,

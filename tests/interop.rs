@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use sitelink_tests::{
-    bin, keypair, pipe_ok, run, unique, unix_now, wireguard_go, GatewayConfig, Sites,
+    bin, keypair, pipe_ok, run, site_a_config, unique, unix_now, wireguard_go, Sites,
 };
 
 const MIB: usize = 1 << 20;
@@ -49,23 +49,7 @@ fn interop(sitelink_initiates: bool, with_psk: bool) {
     });
     let (a_if, b_if) = (unique("sli"), unique("wgi"));
 
-    let conf = GatewayConfig {
-        iface: &a_if,
-        key_file: &a_key,
-        port: 51820,
-        addresses: &["198.18.100.1/24", "fd18:100::1/64"],
-        peer_name: "wg-go",
-        peer_key: &b_pub,
-        endpoint: sitelink_initiates.then_some("198.18.0.2:51820"),
-        allowed_ips: &[
-            "198.18.100.2/32",
-            "198.19.2.0/24",
-            "fd18:100::2/128",
-            "fd19:2::/64",
-        ],
-        keepalive: sitelink_initiates.then_some(25),
-    };
-    let mut toml = conf.toml();
+    let mut toml = site_a_config(&a_if, &a_key, "wg-go", &b_pub, sitelink_initiates);
     if let Some(psk) = &psk_file {
         toml += &format!("preshared-key-file = {:?}\n", psk.display().to_string());
     }

@@ -33,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sitelink_tests::{
-    ctl, keypair, pattern, pipe_ok, run, unique, wg, wireguard_go, GatewayConfig, Netns, Process,
+    ctl, keypair, pattern, pipe_ok, run, site_a_config, unique, wg, wireguard_go, Netns, Process,
     Sites, WgGo,
 };
 
@@ -273,23 +273,7 @@ impl<'a> Tunnel<'a> {
         let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
         let b_key = sites.dir.write("b.key", &b_priv, 0o600);
         let (a_if, b_if) = (unique("sls"), unique("wgs"));
-        let toml = GatewayConfig {
-            iface: &a_if,
-            key_file: &a_key,
-            port: 51820,
-            addresses: &["198.18.100.1/24", "fd18:100::1/64"],
-            peer_name: PEER,
-            peer_key: &b_pub,
-            endpoint: sitelink_initiates.then_some("198.18.0.2:51820"),
-            allowed_ips: &[
-                "198.18.100.2/32",
-                "198.19.2.0/24",
-                "fd18:100::2/128",
-                "fd19:2::/64",
-            ],
-            keepalive: sitelink_initiates.then_some(25),
-        }
-        .toml();
+        let toml = site_a_config(&a_if, &a_key, PEER, &b_pub, sitelink_initiates);
         let a_path = sites.dir.write(&format!("{a_if}.toml"), &toml, 0o600);
         let mut sitelinkd = sites.sitelinkd(&sites.gw_a, &a_path);
         sites.wait_ready(&mut sitelinkd, &a_if);
