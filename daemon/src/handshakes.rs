@@ -61,8 +61,6 @@ pub struct Stats {
     pub invalid: AtomicU64,
     /// Initiations that opened with our key but came from a key that is not a peer.
     pub unknown_key: AtomicU64,
-    /// Batches served while under load.
-    pub under_load_batches: AtomicU64,
 }
 
 impl Stats {
@@ -201,12 +199,6 @@ pub fn run(
             loaded_until = Some(now + LOAD_HOLD);
         }
         let under_load = loaded_until.is_some_and(|until| now < until);
-        if under_load {
-            queue
-                .stats
-                .under_load_batches
-                .fetch_add(1, Ordering::Relaxed);
-        }
 
         // The gate must check MACs against our current key.
         let key = lock(&engine).public_key();
