@@ -12,9 +12,11 @@ fi
 # iproute2: ip netns/veth; wireguard-tools + wireguard-go: the interop peer;
 # iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv;
 # systemd: systemd-analyze for the unit checks; python3: a slow socket client run as nobody;
-# libfaketime: a gateway whose clock is an hour behind (tests/faults.rs). (packaging/test-deb.sh installs debootstrap,
-# lintian and cargo-deb itself.)
-packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3 libfaketime)
+# libfaketime: a gateway whose clock is an hour behind (tests/faults.rs); prometheus: promtool
+# lints the metrics, and a real server scrapes them (tests/visibility.rs). (packaging/test-deb.sh
+# installs debootstrap, lintian and cargo-deb itself.)
+packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3 libfaketime
+    prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +33,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing: cargo-fuzz"
     cargo install --quiet --locked cargo-fuzz
 fi
+
+# Installed above, so the metrics lint must not skip itself.
+export SITELINK_REQUIRE_PROMTOOL=1
 
 # The namespace tests run the binaries, so build them first.
 cargo build --workspace --locked

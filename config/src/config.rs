@@ -76,6 +76,47 @@ pub struct Interface {
     pub fwmark: Option<u32>,
     /// `table`: where the routes for allowed-ips go.
     pub table: RouteTable,
+    /// `metrics-listen`: where Prometheus metrics are served (`None`, the default: nowhere).
+    pub metrics_listen: Option<MetricsListen>,
+}
+
+/// `[interface] metrics-listen`: an `address:port` for HTTP (`GET /metrics`), or an absolute
+/// path for a Unix socket (mode 0660, the control group's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsListen::Tcp(addr) => write!(f, "{addr}"),
+            MetricsListen::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            return Ok(MetricsListen::Unix(text.into()));
+        }
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            format!(
+                "{text:?} is not an address:port or an absolute socket path; use e.g. \
+                 \"127.0.0.1:9586\", \"[::1]:9586\" or \"/run/sitelink/metrics.sock\""
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(format!(
+                "{text:?} has port 0; give the port Prometheus scrapes, e.g. 9586"
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
+    }
 }
 
 impl Interface {
@@ -400,6 +441,7 @@ struct RawInterface {
     user: Option<Spanned<String>>,
     fwmark: Option<Spanned<Int>>,
     table: Option<Spanned<RawTable>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -723,6 +765,15 @@ fn build_interface(
         }
     };
 
+    let metrics_listen = match &raw.metrics_listen {
+        None => None,
+        Some(text) => Some(
+            text.get_ref()
+                .parse::<MetricsListen>()
+                .map_err(|message| err(text.span(), "metrics-listen", message))?,
+        ),
+    };
+
     Ok(Interface {
         name,
         private_key,
@@ -733,6 +784,7 @@ fn build_interface(
         user,
         fwmark,
         table,
+        metrics_listen,
     })
 }
 

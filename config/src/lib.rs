@@ -47,7 +47,8 @@ use std::path::PathBuf;
 
 pub use cidr::{Cidr, CidrError};
 pub use config::{
-    has_default_route, load_preshared_key_file, Config, Interface, Peer, RouteTable, DEFAULT_TABLE,
+    has_default_route, load_preshared_key_file, Config, Interface, MetricsListen, Peer, RouteTable,
+    DEFAULT_TABLE,
 };
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;

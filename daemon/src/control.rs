@@ -325,20 +325,12 @@ fn status_json(state: &State) -> serde_json::Result<Vec<u8>> {
 }
 
 fn interface_status(state: &State, engine: &Engine) -> InterfaceStatus {
-    let c = engine.counters();
-    let dropped = [
-        ("no_route", c.no_route),
-        ("no_endpoint", c.no_endpoint),
-        ("bad_source", c.bad_source),
-        ("unknown_key", c.unknown_key),
-        ("unknown_index", c.unknown_index),
-        ("invalid", c.invalid),
-        ("cookie_replies", c.cookie_replies),
-        ("no_key", c.no_key),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let dropped = engine
+        .counters()
+        .by_reason()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let iface = &state.config.interface;
     InterfaceStatus {
         name: iface.name.to_string(),

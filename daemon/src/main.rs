@@ -12,6 +12,7 @@ mod access;
 mod control;
 mod dataplane;
 mod handshakes;
+mod metrics;
 mod netlink;
 mod persist;
 mod privilege;
@@ -191,6 +192,20 @@ async fn run_interface(
         Arc::clone(&access),
     ));
 
+    let metrics_listen = state.lock().await.config.interface.metrics_listen.clone();
+    if let Some(at) = &metrics_listen {
+        match metrics::bind(at, &access) {
+            Ok(listener) => {
+                tokio::spawn(metrics::serve(listener, Arc::clone(&state)));
+            }
+            Err(e) => {
+                control::remove(&socket_path);
+                control::remove(&uapi_path);
+                return Err(e);
+            }
+        }
+    }
+
     // Everything that needs root exists now: the device, the sockets. Become the configured
     // user (keeping CAP_NET_ADMIN) before the packet thread starts.
     if let Err(e) = drop_privileges(&state).await {
@@ -228,8 +243,11 @@ async fn run_interface(
     if let Some(memory) = &memory {
         restore(&*state.lock().await, memory.path());
     }
+    let metrics = metrics_listen
+        .as_ref()
+        .map_or_else(|| "off".to_string(), |m| m.to_string());
     tracing::info!(interface = %name, public_key = %public_key, listen_port, peers,
-        control = %socket_path.display(), "sitelinkd running");
+        control = %socket_path.display(), metrics, "sitelinkd running");
     systemd::ready(&state.lock().await.status_line());
     tokio::spawn(report_status(Arc::clone(&state), memory));
 
@@ -267,6 +285,9 @@ async fn run_interface(
     }
     control::remove(&socket_path);
     control::remove(&uapi_path);
+    if let Some(sitelink_config::MetricsListen::Unix(path)) = &metrics_listen {
+        control::remove(path);
+    }
     loop_result.map_err(|e| {
         if e.raw_os_error() == Some(libc::EBADFD) {
             // Someone ran `ip link del`: there is nothing left to serve. Exit with an error,

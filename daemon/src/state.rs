@@ -225,6 +225,17 @@ impl State {
             );
         }
         let mut summary = Summary::default();
+        if new_if.metrics_listen != old_if.metrics_listen {
+            let shown = |m: &Option<sitelink_config::MetricsListen>| {
+                m.as_ref()
+                    .map_or_else(|| "off".to_string(), |m| m.to_string())
+            };
+            summary.warnings.push(format!(
+                "metrics-listen changed ({} -> {}): it takes effect when sitelinkd restarts",
+                shown(&old_if.metrics_listen),
+                shown(&new_if.metrics_listen)
+            ));
+        }
         let new_mark = new_if.effective_fwmark(&new.peers);
 
         // Prepare: what can fail, in an order that can be undone.

@@ -103,6 +103,50 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The `reason` label of `sitelink_peer_handshake_failures_total`: a short fixed word,
+    /// never the free text of a DNS or send error (labels must have few values).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::NoResponse => "no_response",
+            Reason::OldTimestamp => "old_timestamp",
+            Reason::BadMac => "bad_mac",
+            Reason::Other(text) if text.starts_with("dns:") => "dns",
+            Reason::Other(text) if text.starts_with("send:") => "send",
+            Reason::Other(_) => "other",
+        }
+    }
+}
+
+/// Every `reason` label, in the order [`Failures`] keeps them.
+pub const FAILURE_LABELS: [&str; 6] = [
+    "no_response",
+    "old_timestamp",
+    "bad_mac",
+    "dns",
+    "send",
+    "other",
+];
+
+/// How often each kind of failure happened to a peer since it was added (counters only go
+/// up: what Prometheus' `_total` needs; `last_error` says what is happening now).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failures([u64; FAILURE_LABELS.len()]);
+
+impl Failures {
+    fn add(&mut self, reason: &Reason, n: u64) {
+        let label = reason.label();
+        if let Some(i) = FAILURE_LABELS.iter().position(|l| *l == label) {
+            self.0[i] = self.0[i].saturating_add(n);
+        }
+    }
+
+    /// `(label, count)` for every kind, zeros included (a series that exists from the start).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FAILURE_LABELS.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
 /// The last error: what, when first and last in this run of it, how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastError {
@@ -121,6 +165,7 @@ pub struct Health {
     pub trying_since: Option<Instant>,
     pub last_error: Option<LastError>,
     pub endpoint_source: Option<EndpointSource>,
+    pub failures: Failures,
 }
 
 impl Health {
@@ -130,6 +175,7 @@ impl Health {
             trying_since: None,
             last_error: None,
             endpoint_source,
+            failures: Failures::default(),
         }
     }
 
@@ -145,6 +191,7 @@ impl Health {
                 at: now,
                 count,
             });
+            self.failures.add(&Reason::NoResponse, 1);
         }
         self.attempts = self.attempts.saturating_add(1);
         self.trying_since.get_or_insert(now);
@@ -158,6 +205,7 @@ impl Health {
 
     /// Something went wrong: a repeat of the last error counts up, another one replaces it.
     pub fn error(&mut self, reason: Reason, now: Instant) {
+        self.failures.add(&reason, 1);
         match &mut self.last_error {
             Some(e) if e.reason == reason => {
                 e.at = now;

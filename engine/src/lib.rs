@@ -155,6 +155,23 @@ pub struct Counters {
     pub no_key: u64,
 }
 
+impl Counters {
+    /// `(name, count)` of every counter, in a fixed order: the keys of `show --json`'s
+    /// `interface.dropped` and the `reason` labels of the metrics.
+    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+        [
+            ("no_route", self.no_route),
+            ("no_endpoint", self.no_endpoint),
+            ("bad_source", self.bad_source),
+            ("unknown_key", self.unknown_key),
+            ("unknown_index", self.unknown_index),
+            ("invalid", self.invalid),
+            ("cookie_replies", self.cookie_replies),
+            ("no_key", self.no_key),
+        ]
+    }
+}
+
 /// A peer as status reports it, generic over how its name and prefixes are held: owned
 /// ([`PeerStatus`]) or borrowed from the engine ([`PeerView`], for reporting many peers without
 /// copying them). Holds no secrets.
@@ -188,6 +205,8 @@ pub struct HealthInfo {
     pub trying_since: Option<SystemTime>,
     pub last_error: Option<ErrorInfo>,
     pub endpoint_source: Option<EndpointSource>,
+    /// Failures by kind since the peer was added (for metrics).
+    pub failures: health::Failures,
 }
 
 /// The last error of a peer: the first and latest time of this run of it, and how often.
@@ -559,6 +578,7 @@ impl Engine {
                 count: e.count,
             }),
             endpoint_source: h.endpoint_source,
+            failures: h.failures,
         }
     }
 

@@ -1366,6 +1366,20 @@ fn link_state_and_last_error_follow_what_happens() {
         .last_error
         .expect("B recorded the refusal");
     assert_eq!((e.reason, e.count), (Reason::OldTimestamp, 2));
+    let failures = |h: crate::HealthInfo| h.failures.iter().collect::<Vec<_>>();
+    assert_eq!(
+        failures(p.status_b().health),
+        [
+            ("no_response", 0),
+            ("old_timestamp", 2),
+            ("bad_mac", 0),
+            ("dns", 0),
+            ("send", 0),
+            ("other", 0)
+        ]
+    );
+    let unanswered = failures(health(&p))[0].1;
+    assert!(unanswered >= 2, "A's unanswered initiations: {unanswered}");
 
     // Daemon-side errors (DNS) are recorded as given.
     let id = p.status_a().id;
@@ -1374,6 +1388,7 @@ fn link_state_and_last_error_follow_what_happens() {
         health(&p).last_error.map(|e| e.reason),
         Some(Reason::Other("dns: no such host".into()))
     );
+    assert_eq!(failures(health(&p))[3], ("dns", 1));
 
     // No traffic for longer than a session lives: down again (on demand, nothing tried).
     p.advance(Duration::from_secs(200));

@@ -746,6 +746,57 @@ fn fwmark_and_table() {
 }
 
 #[test]
+fn metrics_listen_is_an_address_or_a_socket_path() {
+    let parse = |extra: &str| {
+        let text = format!("{}{extra}", interface());
+        Config::parse(&text, Path::new("/etc/sitelink/sl0.toml"))
+    };
+    assert_eq!(parse("").unwrap().interface.metrics_listen, None);
+    assert_eq!(
+        parse("metrics-listen = \"127.0.0.1:9586\"\n")
+            .unwrap()
+            .interface
+            .metrics_listen,
+        Some(MetricsListen::Tcp("127.0.0.1:9586".parse().unwrap()))
+    );
+    assert_eq!(
+        parse("metrics-listen = \"[::1]:9586\"\n")
+            .unwrap()
+            .interface
+            .metrics_listen,
+        Some(MetricsListen::Tcp("[::1]:9586".parse().unwrap()))
+    );
+    assert_eq!(
+        parse("metrics-listen = \"/run/sitelink/m.sock\"\n")
+            .unwrap()
+            .interface
+            .metrics_listen,
+        Some(MetricsListen::Unix("/run/sitelink/m.sock".into()))
+    );
+    for extra in [
+        "metrics-listen = \"localhost:9586\"\n",
+        "metrics-listen = \"9586\"\n",
+        "metrics-listen = \"run/m.sock\"\n",
+    ] {
+        expect_error(
+            &format!("{}{extra}", interface()),
+            3,
+            "interface: metrics-listen",
+            &[
+                "is not an address:port or an absolute socket path",
+                "127.0.0.1:9586",
+            ],
+        );
+    }
+    expect_error(
+        &format!("{}metrics-listen = \"127.0.0.1:0\"\n", interface()),
+        3,
+        "interface: metrics-listen",
+        &["port 0", "9586"],
+    );
+}
+
+#[test]
 fn effective_fwmark_follows_table_and_default_routes() {
     let text = format!(
         "{}\n[[peer]]\nname = \"hq\"\npublic-key = \"{}\"\nallowed-ips = [\"0.0.0.0/0\"]\n",
