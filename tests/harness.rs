@@ -649,6 +649,28 @@ pub fn site_a_config(
     .toml()
 }
 
+/// Gateway B's config on [`Sites`]: peer "site-a" (A's tunnel address and LAN), no endpoint
+/// (B waits for A).
+pub fn site_b_config(iface: &str, key_file: &Path, a_pub: &str) -> String {
+    GatewayConfig {
+        iface,
+        key_file,
+        port: 51820,
+        addresses: &["198.18.100.2/24", "fd18:100::2/64"],
+        peer_name: "site-a",
+        peer_key: a_pub,
+        endpoint: None,
+        allowed_ips: &[
+            "198.18.100.1/32",
+            "198.19.1.0/24",
+            "fd18:100::1/128",
+            "fd19:1::/64",
+        ],
+        keepalive: None,
+    }
+    .toml()
+}
+
 /// A running pair of sitelink gateways on [`Sites`], A initiating to B.
 pub struct Pair {
     pub gw_a: Process,
@@ -698,23 +720,7 @@ impl Sites {
             a_toml += &site_b_peer(&b_pub);
         }
         a_toml += a_extra;
-        let b_toml = GatewayConfig {
-            iface: &b_if,
-            key_file: &b_key,
-            port: 51820,
-            addresses: &["198.18.100.2/24", "fd18:100::2/64"],
-            peer_name: "site-a",
-            peer_key: &a_pub,
-            endpoint: None,
-            allowed_ips: &[
-                "198.18.100.1/32",
-                "198.19.1.0/24",
-                "fd18:100::1/128",
-                "fd19:1::/64",
-            ],
-            keepalive: None,
-        }
-        .toml();
+        let b_toml = site_b_config(&b_if, &b_key, &a_pub);
         let a_conf = self.dir.write(&format!("{a_if}.toml"), &a_toml, 0o600);
         let b_conf = self.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
         let mut gw_a = self.sitelinkd_env(&self.gw_a, &a_conf, a_env);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -123,4 +124,126 @@ fn prometheus_scrapes_peer_bytes_and_up_state() {
     );
     assert_eq!(wait_for(&sites.gw_a, "sitelink_peers", |_| true), 2.0);
     prometheus.assert_running();
+}
+
+/// `sitelinkctl import ARGS...`.
+fn import(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(sitelink_tests::bin("sitelinkctl"))
+        .arg("import")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A wg-quick file as people have them, imported with `sitelinkctl import --key-dir`, runs as
+/// gateway A against a sitelink gateway B: the LANs reach each other.
+#[test]
+fn an_imported_wg_quick_file_runs_as_a_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let sites = Sites::new();
+    let (a_priv, a_pub) = keypair();
+    let (b_priv, b_pub) = keypair();
+    let a_if = sitelink_tests::unique("slq");
+    let wg_conf = sites.dir.write(
+        &format!("{a_if}.conf"),
+        &format!(
+            "# Site A's gateway\n[Interface]\nPrivateKey = {a_priv}\nAddress = 198.18.100.1/24\naddress = fd18:100::1/64\nListenPort = 51820\nDNS = 198.18.100.53\nPostUp = iptables -A FORWARD -i %i -j ACCEPT\nSaveConfig = true\n\n# Name = site-b\n[Peer]\npublickey = {b_pub}\nAllowedIPs = 198.18.100.2/32, 198.19.2.0/24\nAllowedIPs = fd18:100::2/128, fd19:2::/64 # B's LAN\nEndpoint = 198.18.0.2:51820\nPersistentKeepalive = 25\n"
+        ),
+        0o600,
+    );
+    let key_dir = sites.dir.0.join("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    let out = import(&[
+        wg_conf.as_os_str(),
+        "--key-dir".as_ref(),
+        key_dir.as_os_str(),
+    ]);
+    let (toml, said) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "import failed: {said}");
+    for needle in [
+        format!("{a_if}.conf:7: DNS: not imported"),
+        format!("{a_if}.conf:8: PostUp: not imported"),
+        format!("{a_if}.conf:9: SaveConfig: not imported"),
+    ] {
+        assert!(said.contains(&needle), "missing {needle:?} in: {said}");
+    }
+    assert!(
+        !toml.contains(&a_priv) && !said.contains(&a_priv),
+        "a key was printed"
+    );
+    assert!(toml.contains("# Site A's gateway"), "{toml}");
+    assert!(toml.contains("name = \"site-b\""), "{toml}");
+    let key_file = key_dir.join(format!("{a_if}.key"));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), a_priv);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A second import into the same directory refuses to overwrite the key.
+    let again = import(&[
+        wg_conf.as_os_str(),
+        "--key-dir".as_ref(),
+        key_dir.as_os_str(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists; move it away"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let a_conf = sites.dir.write(&format!("{a_if}.toml"), &toml, 0o600);
+    let b_key = sites.dir.write("b.key", &format!("{b_priv}\n"), 0o600);
+    let b_if = sitelink_tests::unique("slb");
+    let b_toml = sitelink_tests::site_b_config(&b_if, &b_key, &a_pub);
+    let b_conf = sites.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
+    let mut gw_a = sites.sitelinkd(&sites.gw_a, &a_conf);
+    let mut gw_b = sites.sitelinkd(&sites.gw_b, &b_conf);
+    sites.wait_ready(&mut gw_a, &a_if);
+    sites.wait_ready(&mut gw_b, &b_if);
+    sites.assert_lans_connected(5201);
+}
+
+#[test]
+fn import_refuses_a_bad_file_naming_the_line() {
+    let dir = sitelink_tests::TempDir::new();
+    let (_, b_pub) = keypair();
+    let conf = dir.write(
+        "wg7.conf",
+        &format!("[Interface]\nPrivateKey = not-a-key\n[Peer]\nPublicKey = {b_pub}\n"),
+        0o600,
+    );
+    let out = import(&[conf.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("wg7.conf:2: PrivateKey: not a valid key"),
+        "{said}"
+    );
+    // Valid wg-quick, but two peers share a prefix: sitelink's own rules refuse it.
+    let (k, _) = keypair();
+    let (_, c_pub) = keypair();
+    let conf = dir.write(
+        "wg8.conf",
+        &format!("[Interface]\nPrivateKey = {k}\n[Peer]\nPublicKey = {b_pub}\nAllowedIPs = 10.1.0.0/16\n[Peer]\nPublicKey = {c_pub}\nAllowedIPs = 10.1.0.0/16\n"),
+        0o600,
+    );
+    let out = import(&[conf.as_os_str()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("imports to a config sitelink refuses"),
+        "{said}"
+    );
+    assert!(said.contains("10.1.0.0/16"), "{said}");
+    assert!(said.contains("is the [Peer] at "), "{said}");
+    assert!(
+        said.contains("wg8.conf:6"),
+        "the second [Peer] named: {said}"
+    );
+    assert!(!said.contains(&k), "the key is in the error");
 }

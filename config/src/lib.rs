@@ -42,6 +42,7 @@ mod key;
 mod name;
 pub mod save;
 pub mod uapi;
+pub mod wgquick;
 
 use std::path::PathBuf;
 

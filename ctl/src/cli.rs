@@ -44,6 +44,19 @@ pub enum Command {
     Reload,
     /// Write the running peer set back to the config file, keeping comments.
     Save,
+    /// Print the sitelink TOML equivalent of a wg-quick file (e.g. /etc/wireguard/wg0.conf);
+    /// settings without an equivalent are listed on stderr with what to do instead.
+    Import {
+        /// The wg-quick file.
+        file: PathBuf,
+        /// Interface name (default: the file's stem, e.g. wg0).
+        #[arg(long, value_name = "NAME")]
+        name: Option<InterfaceName>,
+        /// Write the private and preshared keys to files (mode 0600) in DIR and refer to
+        /// them, instead of putting them inline in the output.
+        #[arg(long, value_name = "DIR")]
+        key_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use sitelink_config::control::{ChangeReply, PeerArgs, PeerChanges, PeerStatus, Request, Status};
 use sitelink_config::{Cidr, InterfaceName, PresharedKey, PrivateKey};
@@ -50,6 +50,11 @@ fn run(args: Args) -> Result<()> {
             emit(&format!("{}\n", key.public_key()))?;
         }
         Command::Peer(cmd) => change(args.interface.as_ref(), peer_request(cmd)?)?,
+        Command::Import {
+            file,
+            name,
+            key_dir,
+        } => import(&file, name, key_dir.as_deref())?,
         Command::Reload => change(args.interface.as_ref(), Request::Reload)?,
         Command::Save => change(args.interface.as_ref(), Request::Save)?,
         Command::Show { json } => {
@@ -149,6 +154,122 @@ fn peer_request(cmd: PeerCommand) -> Result<Request> {
 }
 
 /// Like `wg genkey`: a secret written to a file others can read gets a warning on stderr.
+/// Largest wg-quick file read (100,000 peers are about 20 MiB).
+const MAX_IMPORT: u64 = 64 << 20;
+
+/// `sitelinkctl import`: the TOML on stdout, notes on stderr, keys inline or in `key_dir`.
+/// Nothing is written before the whole file has been read and the result validated.
+fn import(file: &Path, name: Option<InterfaceName>, key_dir: Option<&Path>) -> Result<()> {
+    use sitelink_config::wgquick::{self, Keys};
+    let shown = file.display();
+    let mut text = String::new();
+    fs::File::open(file)
+        .and_then(|f| f.take(MAX_IMPORT + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read {shown}"))?;
+    if text.len() as u64 > MAX_IMPORT {
+        bail!(
+            "{shown}: larger than {} MiB; is this a wg-quick file?",
+            MAX_IMPORT >> 20
+        );
+    }
+    let import = wgquick::parse(&text).map_err(|e| anyhow!("{shown}:{}: {}", e.line, e.message))?;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            stem.parse().map_err(|e| {
+                anyhow!(
+                    "the file name {stem:?} is not an interface name ({e}); give one with --name"
+                )
+            })?
+        }
+    };
+    let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let source = source.display().to_string();
+    // Validate with every sitelink rule (overlapping allowed-ips, names, ranges) first.
+    let inline = import.to_toml(name.as_str(), &source, Keys::Inline);
+    let check_path = PathBuf::from(format!("{}.toml", name.as_str()));
+    if let Err(e) = sitelink_config::Config::parse(&inline, &check_path) {
+        // The message names peers and lines of the TOML, which the operator has not seen:
+        // say where those peers are in their file.
+        let message = e.to_string();
+        let wheres: Vec<String> = import
+            .peers
+            .iter()
+            .filter(|p| message.contains(&format!("peer \"{}\"", p.name)))
+            .map(|p| format!("peer \"{}\" is the [Peer] at {shown}:{}", p.name, p.line))
+            .collect();
+        let wheres = if wheres.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", wheres.join(", "))
+        };
+        bail!("{shown} imports to a config sitelink refuses: {message}{wheres}");
+    }
+    for note in &import.notes {
+        eprintln!("{shown}:{}: {}: {}", note.line, note.key, note.message);
+    }
+    let toml = match key_dir {
+        None => {
+            warn_if_stdout_is_readable_by_others();
+            eprintln!(
+                "sitelinkctl: the output holds the private key inline: keep it mode 0600 (umask 077), or use --key-dir DIR for key files"
+            );
+            inline
+        }
+        Some(dir) => {
+            let dir =
+                std::path::absolute(dir).with_context(|| format!("bad path {}", dir.display()))?;
+            let mut files: Vec<(PathBuf, String)> = Vec::new();
+            if let Some(k) = &import.interface.private_key {
+                files.push((
+                    wgquick::private_key_file(&dir, name.as_str()),
+                    k.expose_base64(),
+                ));
+            }
+            for p in &import.peers {
+                if let Some(k) = &p.preshared_key {
+                    files.push((
+                        wgquick::preshared_key_file(&dir, name.as_str(), &p.name),
+                        k.expose_base64(),
+                    ));
+                }
+            }
+            for (path, _) in &files {
+                if path.exists() {
+                    bail!(
+                        "{} exists; move it away or choose another --key-dir (nothing was written)",
+                        path.display()
+                    );
+                }
+            }
+            for (path, key) in files {
+                write_secret(&path, &key)?;
+                eprintln!("sitelinkctl: wrote {} (mode 0600)", path.display());
+            }
+            import.to_toml(name.as_str(), &source, Keys::Files(&dir))
+        }
+    };
+    emit(&toml)
+}
+
+/// Creates `path` (which must not exist) with mode 0600 from the start and `key` in it.
+fn write_secret(path: &Path, key: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn warn_if_stdout_is_readable_by_others() {
     let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
         return;
