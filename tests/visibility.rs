@@ -247,3 +247,158 @@ fn import_refuses_a_bad_file_naming_the_line() {
     );
     assert!(!said.contains(&k), "the key is in the error");
 }
+
+/// `sitelinkctl doctor` in gateway A's namespace: exit status, stdout and stderr.
+fn doctor(sites: &Sites, iface: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = sites
+        .gw_a
+        .cmd(sitelink_tests::bin("sitelinkctl"))
+        .env("SITELINK_RUN_DIR", &sites.run_dir)
+        .args(["--interface", iface, "doctor"])
+        .args(args)
+        .output()
+        .unwrap();
+    // Shown with --nocapture, and in a failing test's output.
+    println!(
+        "$ sitelinkctl doctor {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn has_line(text: &str, start: &str, needles: &[&str]) {
+    let found = text
+        .lines()
+        .zip(text.lines().skip(1).chain([""]))
+        .any(|(line, next)| {
+            line.starts_with(start) && needles.iter().all(|n| line.contains(n) || next.contains(n))
+        });
+    assert!(found, "no line {start:?} with {needles:?} in:\n{text}");
+}
+
+/// Each thing doctor checks, working and then broken the way operators break it: forwarding
+/// off, a LAN route shadowing a peer's prefix, the file edited without a reload, a peer that
+/// does not answer, and an MTU black hole on the path.
+#[test]
+fn doctor_names_what_is_wrong_and_the_fix() {
+    let sites = Sites::new();
+    let (_, c_pub) = keypair();
+    // site-c: an always-on link to a port where nothing answers.
+    let c_peer = format!(
+        "\n[[peer]]\nname = \"site-c\"\npublic-key = {c_pub:?}\nendpoint = \"198.18.0.2:51999\"\nallowed-ips = [\"198.19.3.0/24\"]\npersistent-keepalive = 5\n"
+    );
+    let pair = sites.start_pair(true, &c_peer);
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(10)));
+
+    // All is well with site-b.
+    let (code, out, err) = doctor(&sites, &pair.a_if, &["site-b"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    has_line(&out, "✓ daemon", &[&pair.a_if]);
+    has_line(&out, "✓ config", &["the running config is"]);
+    has_line(&out, "✓ forwarding", &["IPv4 forwarding is on"]);
+    has_line(&out, "✓ forwarding", &["IPv6 forwarding is on"]);
+    has_line(&out, "✓ routes site-b", &["all 4 allowed-ips"]);
+    has_line(&out, "✓ peer site-b", &["up: latest handshake"]);
+    has_line(&out, "✓ mtu site-b", &["interface MTU (1420 bytes)"]);
+
+    // site-c does not answer: what the other side must have (once a retry went unanswered
+    // too; before that doctor says the handshake is in progress).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sitelink_tests::peer(&sites.show_json(&pair.a_if), "site-c")["handshake_attempts"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "site-c never retried");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, _) = doctor(&sites, &pair.a_if, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    has_line(
+        &out,
+        "✗ peer site-c",
+        &["no answer from 198.18.0.2:51999", &pair.a_pub, "UDP 51820"],
+    );
+
+    // Forwarding off, a shadowing route, the file edited without a reload.
+    sites.gw_a.sysctl("net.ipv4.ip_forward", "0");
+    sites
+        .gw_a
+        .ip(&["route", "add", "198.19.2.0/25", "dev", "lan0"]);
+    let mut text = std::fs::read_to_string(&pair.a_conf).unwrap();
+    let (_, d_pub) = keypair();
+    text += &format!(
+        "\n[[peer]]\nname = \"site-d\"\npublic-key = {d_pub:?}\nallowed-ips = [\"198.19.4.0/24\"]\n"
+    );
+    std::fs::write(&pair.a_conf, text).unwrap();
+    let (code, out, _) = doctor(&sites, &pair.a_if, &["site-b"]);
+    assert_eq!(code, Some(1), "{out}");
+    has_line(
+        &out,
+        "✗ forwarding",
+        &["IPv4 forwarding is off", "sysctl -w net.ipv4.ip_forward=1"],
+    );
+    has_line(&out, "✓ forwarding", &["IPv6 forwarding is on"]);
+    has_line(&out, "✗ routes site-b", &["198.19.2.0/24", "dev lan0"]);
+    has_line(
+        &out,
+        "✗ config",
+        &[
+            "peer \"site-d\" is in the file but not running",
+            "sitelinkctl reload",
+        ],
+    );
+    let (_, json, _) = doctor(&sites, &pair.a_if, &["site-b", "--json"]);
+    let checks: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let result = |name: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| c["result"].as_str().unwrap().to_string())
+    };
+    assert_eq!(result("forwarding").as_deref(), Some("problem"), "{json}");
+    assert_eq!(result("peer site-b").as_deref(), Some("ok"), "{json}");
+    sites.gw_a.sysctl("net.ipv4.ip_forward", "1");
+    sites
+        .gw_a
+        .ip(&["route", "del", "198.19.2.0/25", "dev", "lan0"]);
+    sites.ctl_ok(&pair.a_if, &["reload"]);
+
+    // An MTU black hole: B's WAN link takes 1400 bytes, the tunnel's packets are 1480.
+    sites.gw_b.ip(&["link", "set", "wan0", "mtu", "1400"]);
+    let (code, out, _) = doctor(&sites, &pair.a_if, &["site-b"]);
+    assert_eq!(code, Some(1), "{out}");
+    has_line(
+        &out,
+        "✗ mtu site-b",
+        &["is 1340 bytes, below the interface MTU 1420", "mtu = 1340"],
+    );
+    let _ = pair;
+}
+
+#[test]
+fn doctor_without_a_daemon_says_how_to_start_it() {
+    let dir = sitelink_tests::TempDir::new();
+    let out = Command::new(sitelink_tests::bin("sitelinkctl"))
+        .env("SITELINK_RUN_DIR", &dir.0)
+        .args(["--interface", "sl9", "doctor"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    has_line(
+        &said,
+        "✗ daemon",
+        &["sitelinkd is not running", "systemctl start sitelinkd@sl9"],
+    );
+}

@@ -116,6 +116,9 @@ pub struct InterfaceStatus {
     /// What became of handshake messages (they wait in their own queue, behind a gate).
     #[serde(default)]
     pub handshakes: HandshakeCounters,
+    /// The config file the daemon loaded (`null` for an interface without one).
+    #[serde(default)]
+    pub config_path: Option<String>,
 }
 
 /// Handshake messages: queued for the handshake thread, dropped because the queue was full,

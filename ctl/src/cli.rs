@@ -44,6 +44,15 @@ pub enum Command {
     Reload,
     /// Write the running peer set back to the config file, keeping comments.
     Save,
+    /// Check why a link is not up: daemon, config, forwarding, routes, each peer's handshakes,
+    /// path MTU. One line per check; exit status 1 if any is a problem.
+    Doctor {
+        /// Check only this peer (name or public key).
+        peer: Option<String>,
+        /// Machine-readable output: a JSON array of checks.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the sitelink TOML equivalent of a wg-quick file (e.g. /etc/wireguard/wg0.conf);
     /// settings without an equivalent are listed on stderr with what to do instead.
     Import {

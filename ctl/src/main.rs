@@ -16,6 +16,8 @@ use sitelink_config::control::{ChangeReply, PeerArgs, PeerChanges, PeerStatus, R
 use sitelink_config::{Cidr, InterfaceName, PresharedKey, PrivateKey};
 use sitelinkctl::cli::{Args, Command, PeerCommand};
 
+mod doctor;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -55,6 +57,7 @@ fn run(args: Args) -> Result<()> {
             name,
             key_dir,
         } => import(&file, name, key_dir.as_deref())?,
+        Command::Doctor { peer, json } => doctor(args.interface.as_ref(), peer.as_deref(), json)?,
         Command::Reload => change(args.interface.as_ref(), Request::Reload)?,
         Command::Save => change(args.interface.as_ref(), Request::Save)?,
         Command::Show { json } => {
@@ -154,6 +157,56 @@ fn peer_request(cmd: PeerCommand) -> Result<Request> {
 }
 
 /// Like `wg genkey`: a secret written to a file others can read gets a warning on stderr.
+/// `sitelinkctl doctor`: the checks, printed; an error (exit 1) if any found a problem.
+fn doctor(interface: Option<&InterfaceName>, peer: Option<&str>, json: bool) -> Result<()> {
+    let status: Result<Status> =
+        socket_path(interface).and_then(|socket| request(&socket, &Request::Show));
+    let checks = match status {
+        Ok(status) => {
+            if let Some(p) = peer {
+                if !status
+                    .peers
+                    .iter()
+                    .any(|s| s.name == p || s.public_key == p)
+                {
+                    let names: Vec<&str> = status.peers.iter().map(|s| s.name.as_str()).collect();
+                    bail!(
+                        "no peer {p:?} on {}; its peers: {}",
+                        status.interface.name,
+                        names.join(", ")
+                    );
+                }
+            }
+            doctor::run(&status, peer)
+        }
+        Err(e) => {
+            let unit = interface.map_or("NAME".to_string(), |n| n.to_string());
+            vec![doctor::Check {
+                check: "daemon".into(),
+                result: "problem",
+                message: format!("{e:#}"),
+                fix: Some(format!(
+                    "systemctl start sitelinkd@{unit} (and `journalctl -u sitelinkd@{unit}` says why it stopped)"
+                )),
+            }]
+        }
+    };
+    if json {
+        emit(&(serde_json::to_string_pretty(&checks)? + "\n"))?;
+    } else {
+        let text: String = checks.iter().map(|c| c.line() + "\n").collect();
+        emit(&text)?;
+    }
+    let problems = checks.iter().filter(|c| c.is_problem()).count();
+    if problems > 0 {
+        bail!(
+            "doctor found {problems} problem{}",
+            if problems == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 /// Largest wg-quick file read (100,000 peers are about 20 MiB).
 const MAX_IMPORT: u64 = 64 << 20;
 
@@ -595,6 +648,7 @@ mod tests {
                     unknown_key: 3,
                     ..Default::default()
                 },
+                config_path: Some("/etc/sitelink/sl0.toml".into()),
             },
             peers: vec![
                 peer("never", None),

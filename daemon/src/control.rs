@@ -342,6 +342,7 @@ fn interface_status(state: &State, engine: &Engine) -> InterfaceStatus {
         table: iface.table.to_string(),
         dropped,
         handshakes: state.handshakes.stats.snapshot(),
+        config_path: Some(state.config.path.display().to_string()),
     }
 }
 
