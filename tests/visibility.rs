@@ -402,3 +402,50 @@ fn doctor_without_a_daemon_says_how_to_start_it() {
         &["sitelinkd is not running", "systemctl start sitelinkd@sl9"],
     );
 }
+
+/// `allowed-endpoints` on B: A's packets from outside it are refused even with the right key
+/// (and shown as the peer's last error); allowing A's address brings the link back.
+#[test]
+fn allowed_endpoints_refuse_a_peer_from_elsewhere() {
+    let sites = Sites::new();
+    let pair = sites.start_pair(true, "");
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(10)));
+    let original = std::fs::read_to_string(&pair.b_conf).unwrap();
+    // The peer table is the file's last: the key lands in it.
+    std::fs::write(
+        &pair.b_conf,
+        format!("{original}allowed-endpoints = [\"203.0.113.0/24\"]\n"),
+    )
+    .unwrap();
+    sites.ctl_ok(&pair.b_if, &["reload"]);
+    assert!(
+        !sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(3)),
+        "traffic from an address outside allowed-endpoints got through"
+    );
+    let status = sites.show_json(&pair.b_if);
+    let a = sitelink_tests::peer(&status, "site-a");
+    assert_eq!(
+        a["last_error"]["reason"], "refused-by-us: source address not allowed",
+        "{a}"
+    );
+    assert!(status["interface"]["dropped"]["endpoint_not_allowed"].as_u64() > Some(0));
+    let said = sites.ctl_ok(&pair.b_if, &["show"]);
+    assert!(said.contains("source address not allowed"), "{said}");
+
+    std::fs::write(
+        &pair.b_conf,
+        format!("{original}allowed-endpoints = [\"198.18.0.1/32\", \"fd18::/64\"]\n"),
+    )
+    .unwrap();
+    sites.ctl_ok(&pair.b_if, &["reload"]);
+    assert!(
+        sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(10)),
+        "A's allowed address was refused"
+    );
+}

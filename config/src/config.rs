@@ -189,6 +189,9 @@ pub struct Peer {
     pub allowed_ips: Vec<Cidr>,
     /// Seconds between keepalives (1-65535); `None` disables them.
     pub persistent_keepalive: Option<u16>,
+    /// `allowed-endpoints`: source addresses the peer's packets may come from (handshakes,
+    /// roaming, data); empty: any. A layer over the pinned key, not instead of it.
+    pub allowed_endpoints: Vec<Cidr>,
 }
 
 impl Peer {
@@ -454,6 +457,8 @@ struct RawPeer {
     endpoint: Option<Spanned<String>>,
     allowed_ips: Vec<Spanned<String>>,
     persistent_keepalive: Option<Spanned<Int>>,
+    #[serde(default)]
+    allowed_endpoints: Vec<Spanned<String>>,
 }
 
 /// Any TOML integer, kept wide so that range errors are ours ("listen-port: 70000 is out of
@@ -1138,6 +1143,28 @@ fn build_peer(
         ),
     };
 
+    let mut allowed_endpoints: Vec<Cidr> = Vec::with_capacity(raw.allowed_endpoints.len());
+    for text in &raw.allowed_endpoints {
+        let cidr = text.get_ref().parse::<Cidr>().map_err(|e| {
+            err(
+                text.span(),
+                "allowed-endpoints",
+                format!("{e}; expected a network such as \"198.18.0.0/24\" or \"2001:db8::/32\" (a single address: \"198.18.0.7/32\")"),
+            )
+        })?;
+        if cidr.has_host_bits() {
+            return Err(err(
+                text.span(),
+                "allowed-endpoints",
+                format!(
+                    "{cidr} has host bits set; write the network, {}",
+                    cidr.network()
+                ),
+            ));
+        }
+        allowed_endpoints.push(cidr);
+    }
+
     let lines = PeerLines {
         name: raw.name.span().start,
         public_key: raw.public_key.span().start,
@@ -1154,6 +1181,7 @@ fn build_peer(
         endpoint,
         allowed_ips,
         persistent_keepalive,
+        allowed_endpoints,
     };
     Ok((peer, lines))
 }

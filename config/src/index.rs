@@ -229,6 +229,7 @@ mod tests {
             endpoint: None,
             allowed_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             persistent_keepalive: None,
+            allowed_endpoints: Vec::new(),
         })
     }
 

@@ -749,6 +749,7 @@ impl<'c> Peers<'c> {
                 endpoint: None,
                 allowed_ips: Vec::new(),
                 persistent_keepalive: None,
+                allowed_endpoints: Vec::new(),
             }),
             live: true,
             touched: true,

@@ -246,6 +246,7 @@ fn new_peer(config: &Config, args: PeerArgs) -> Result<Peer> {
         endpoint: None,
         allowed_ips: Vec::new(),
         persistent_keepalive: None,
+        allowed_endpoints: Vec::new(),
     };
     let changes = PeerChanges {
         allowed_ips: Some(args.allowed_ips),

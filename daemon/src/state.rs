@@ -382,6 +382,9 @@ impl State {
                 match before.map(|at| &old_peers[at]) {
                     None => match engine.add_peer(spec(peer)) {
                         Ok(id) => {
+                            if !peer.allowed_endpoints.is_empty() {
+                                engine.set_allowed_endpoints(id, peer.allowed_endpoints.clone());
+                            }
                             self.ids.insert(peer.public_key, id);
                             if needs_dns(peer.endpoint.as_ref()) {
                                 to_resolve.push((id, Arc::clone(peer)));
@@ -541,6 +544,10 @@ fn update_peer(engine: &mut Engine, id: PeerId, before: &Peer, after: &Peer) -> 
     }
     if before.persistent_keepalive != after.persistent_keepalive {
         engine.set_keepalive(id, after.persistent_keepalive);
+        changed = true;
+    }
+    if before.allowed_endpoints != after.allowed_endpoints {
+        engine.set_allowed_endpoints(id, after.allowed_endpoints.clone());
         changed = true;
     }
     let psk = |p: &Peer| p.preshared_key.as_ref().map(|k| *k.as_bytes());

@@ -71,6 +71,8 @@ pub enum Reason {
     /// We refused a message for a bad MAC or one that did not decrypt (a handshake response
     /// that does not open usually means the preshared keys differ).
     BadMac,
+    /// A datagram for this peer came from outside its `allowed-endpoints`.
+    SourceNotAllowed,
     /// Reported by the daemon: a DNS failure, a send error.
     Other(String),
 }
@@ -82,6 +84,7 @@ impl Reason {
             Reason::NoResponse => "no-response".into(),
             Reason::OldTimestamp => "refused-by-us: replay or old timestamp".into(),
             Reason::BadMac => "refused-by-us: bad mac".into(),
+            Reason::SourceNotAllowed => "refused-by-us: source address not allowed".into(),
             Reason::Other(s) => s.clone(),
         }
     }
@@ -98,6 +101,9 @@ impl Reason {
             Reason::BadMac => {
                 "its messages do not authenticate: check the preshared key on both sides"
             }
+            Reason::SourceNotAllowed => {
+                "its packets come from an address outside allowed-endpoints: if the peer really moved, add its new address there"
+            }
             Reason::Other(_) => "",
         }
     }
@@ -111,6 +117,7 @@ impl Reason {
             Reason::NoResponse => "no_response",
             Reason::OldTimestamp => "old_timestamp",
             Reason::BadMac => "bad_mac",
+            Reason::SourceNotAllowed => "source_not_allowed",
             Reason::Other(text) if text.starts_with("dns:") => "dns",
             Reason::Other(text) if text.starts_with("send:") => "send",
             Reason::Other(_) => "other",
@@ -119,10 +126,11 @@ impl Reason {
 }
 
 /// Every `reason` label, in the order [`Failures`] keeps them.
-pub const FAILURE_LABELS: [&str; 6] = [
+pub const FAILURE_LABELS: [&str; 7] = [
     "no_response",
     "old_timestamp",
     "bad_mac",
+    "source_not_allowed",
     "dns",
     "send",
     "other",

@@ -153,12 +153,14 @@ pub struct Counters {
     pub cookie_replies: u64,
     /// Packets dropped because the interface has no private key.
     pub no_key: u64,
+    /// Datagrams for a peer from a source outside its `allowed-endpoints`.
+    pub endpoint_not_allowed: u64,
 }
 
 impl Counters {
     /// `(name, count)` of every counter, in a fixed order: the keys of `show --json`'s
     /// `interface.dropped` and the `reason` labels of the metrics.
-    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
         [
             ("no_route", self.no_route),
             ("no_endpoint", self.no_endpoint),
@@ -168,6 +170,7 @@ impl Counters {
             ("invalid", self.invalid),
             ("cookie_replies", self.cookie_replies),
             ("no_key", self.no_key),
+            ("endpoint_not_allowed", self.endpoint_not_allowed),
         ]
     }
 }
@@ -360,6 +363,7 @@ impl Engine {
             endpoint: spec.endpoint,
             local: None,
             allowed_ips: Vec::new(),
+            allowed_endpoints: Vec::new(),
             keepalive: spec.persistent_keepalive,
             last_handshake: None,
             rx_bytes: 0,
@@ -411,6 +415,15 @@ impl Engine {
         }
         if let Some(peer) = self.peers.get_mut(id) {
             peer.allowed_ips = allowed_ips;
+        }
+    }
+
+    /// Limits where a peer's datagrams may come from (`allowed-endpoints`; empty: anywhere).
+    /// Datagrams from elsewhere are refused before any cryptography, with its key or not: no
+    /// handshake, no roaming, no data. The session is untouched.
+    pub fn set_allowed_endpoints(&mut self, id: PeerId, allowed: Vec<Cidr>) {
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.allowed_endpoints = allowed;
         }
     }
 
@@ -726,6 +739,22 @@ impl Engine {
             Ok(found) => found,
             Err(step) => return step,
         };
+        if let Some(peer) = self
+            .peers
+            .get_mut(id)
+            .filter(|p| !p.allowed_endpoints.is_empty())
+        {
+            let ip = from.ip().to_canonical();
+            if !peer.allowed_endpoints.iter().any(|c| c.contains(ip)) {
+                self.counters.endpoint_not_allowed += 1;
+                peer.health.error(health::Reason::SourceNotAllowed, now);
+                if let Some(n) = self.log.allow(LogKind::Refused, now) {
+                    tracing::warn!(peer = %peer.name, key = %peer.public_key.short(), %from,
+                        suppressed = n, "refused a datagram from outside the peer's allowed-endpoints");
+                }
+                return Step::Nothing;
+            }
+        }
         if target == Target::Initiation && !self.ensure_session(id, now) {
             self.counters.no_key += 1;
             return Step::Nothing;

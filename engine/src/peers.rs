@@ -37,6 +37,8 @@ pub(crate) struct Peer {
     /// from the address the peer knows.
     pub local: Option<IpAddr>,
     pub allowed_ips: Vec<Cidr>,
+    /// Source addresses its datagrams may come from; empty: any.
+    pub allowed_endpoints: Vec<Cidr>,
     pub keepalive: Option<u16>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,

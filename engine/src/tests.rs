@@ -1373,6 +1373,7 @@ fn link_state_and_last_error_follow_what_happens() {
             ("no_response", 0),
             ("old_timestamp", 2),
             ("bad_mac", 0),
+            ("source_not_allowed", 0),
             ("dns", 0),
             ("send", 0),
             ("other", 0)
@@ -1388,7 +1389,7 @@ fn link_state_and_last_error_follow_what_happens() {
         health(&p).last_error.map(|e| e.reason),
         Some(Reason::Other("dns: no such host".into()))
     );
-    assert_eq!(failures(health(&p))[3], ("dns", 1));
+    assert_eq!(failures(health(&p))[4], ("dns", 1));
 
     // No traffic for longer than a session lives: down again (on demand, nothing tried).
     p.advance(Duration::from_secs(200));
@@ -1455,4 +1456,41 @@ fn a_decrypted_packet_shorter_than_its_ip_header_never_reaches_the_tun_side() {
     p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"again"));
     p.settle();
     assert_eq!(p.b.tun_out.len(), 2);
+}
+
+#[test]
+fn allowed_endpoints_refuse_other_sources_even_with_the_right_key() {
+    use crate::health::Reason;
+    let mut p = pair(None);
+    let a_at_b = p.status_b().id;
+    p.b.engine
+        .set_allowed_endpoints(a_at_b, vec![cidr("203.0.113.0/24")]);
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.advance(Duration::from_secs(1));
+    assert_eq!(
+        p.status_a().last_handshake,
+        None,
+        "B answered a refused source"
+    );
+    assert!(p.b.engine.counters().endpoint_not_allowed >= 1);
+    let b = p.status_b().health;
+    assert_eq!(
+        b.last_error.map(|e| e.reason),
+        Some(Reason::SourceNotAllowed)
+    );
+    assert_eq!(
+        b.failures
+            .iter()
+            .find(|(l, _)| *l == "source_not_allowed")
+            .map(|(_, n)| n > 0),
+        Some(true)
+    );
+    // A's address allowed (as a /32 network): A's next retry completes the handshake.
+    let a_net = Cidr::new(p.a.addr.ip(), 32).unwrap();
+    p.b.engine.set_allowed_endpoints(a_at_b, vec![a_net]);
+    p.advance(Duration::from_secs(6));
+    assert!(
+        p.status_a().last_handshake.is_some(),
+        "no handshake once allowed"
+    );
 }

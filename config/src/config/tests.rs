@@ -797,6 +797,40 @@ fn metrics_listen_is_an_address_or_a_socket_path() {
 }
 
 #[test]
+fn allowed_endpoints_are_networks() {
+    let peer = |extra: &str| {
+        format!(
+            "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = []\n{extra}",
+            interface(),
+            new_public()
+        )
+    };
+    let config = parse(&peer(
+        "allowed-endpoints = [\"198.18.0.0/24\", \"2001:db8::/32\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.peers[0].allowed_endpoints,
+        vec![cidr("198.18.0.0/24"), cidr("2001:db8::/32")]
+    );
+    assert!(parse(&peer("")).unwrap().peers[0]
+        .allowed_endpoints
+        .is_empty());
+    expect_error(
+        &peer("allowed-endpoints = [\"198.18.0.7/24\"]\n"),
+        8,
+        "peer \"b\": allowed-endpoints",
+        &["host bits", "198.18.0.0/24"],
+    );
+    expect_error(
+        &peer("allowed-endpoints = [\"gw.example.net\"]\n"),
+        8,
+        "peer \"b\": allowed-endpoints",
+        &["198.18.0.7/32"],
+    );
+}
+
+#[test]
 fn effective_fwmark_follows_table_and_default_routes() {
     let text = format!(
         "{}\n[[peer]]\nname = \"hq\"\npublic-key = \"{}\"\nallowed-ips = [\"0.0.0.0/0\"]\n",
@@ -1383,6 +1417,7 @@ fn validate_accepts_a_loaded_config_and_valid_changes() {
         endpoint: Some("198.51.100.4:51820".parse().unwrap()),
         allowed_ips: vec![cidr("198.19.4.0/24"), cidr("fd19:4::/64")],
         persistent_keepalive: Some(65535),
+        allowed_endpoints: Vec::new(),
     }));
     config.interface.listen_port = None;
     config.interface.control_group = None;

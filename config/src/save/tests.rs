@@ -162,6 +162,7 @@ fn keeps_comments_and_untouched_peers() {
         endpoint: Some("[2001:db8::5]:51820".parse().unwrap()),
         allowed_ips: cidrs(&["198.19.5.0/24", "fd19:5::/64"]),
         persistent_keepalive: Some(25),
+        allowed_endpoints: Vec::new(),
     }));
     config.save().unwrap();
 
@@ -355,6 +356,7 @@ fn peers_are_added_to_a_file_without_any() {
                 endpoint: None,
                 allowed_ips: cidrs(&[ips]),
                 persistent_keepalive: None,
+                allowed_endpoints: Vec::new(),
             }));
         }
         config.save().unwrap();
