@@ -13,10 +13,11 @@ fi
 # iperf3: benchmarks; iputils-ping: reachability checks; util-linux: setpriv;
 # systemd: systemd-analyze for the unit checks; python3: a slow socket client run as nobody;
 # libfaketime: a gateway whose clock is an hour behind (tests/faults.rs); prometheus: promtool
-# lints the metrics, and a real server scrapes them (tests/visibility.rs). (packaging/test-deb.sh
-# installs debootstrap, lintian and cargo-deb itself.)
+# lints the metrics, and a real server scrapes them (tests/visibility.rs); nftables: LAN hosts
+# that filter ICMP (the MSS clamping test). (packaging/test-deb.sh installs debootstrap, lintian
+# and cargo-deb itself.)
 packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3 libfaketime
-    prometheus)
+    prometheus nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

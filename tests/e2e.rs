@@ -245,3 +245,186 @@ fn host_name_endpoint_is_resolved_and_retried_until_it_resolves() {
     );
     assert!(gw_a.log_text().contains("resolved endpoint"));
 }
+
+/// A host-name endpoint whose address changes: a working session is left alone, and when the
+/// peer has moved (its old address unreachable), the name is resolved again and the next
+/// handshake goes to the new address.
+#[test]
+fn host_name_endpoint_follows_the_name_when_the_peer_moves() {
+    let sites = Sites::new();
+    let hosts = NetnsHosts::write(
+        &sites.gw_a.name,
+        "127.0.0.1 localhost\n198.18.0.2 gw-b.sitelink.test\n",
+    );
+    // B's second WAN address, where it "moves" to.
+    sites
+        .gw_a
+        .ip(&["addr", "add", "198.18.0.9/30", "dev", "wan0"]);
+    sites
+        .gw_b
+        .ip(&["addr", "add", "198.18.0.10/30", "dev", "wan0"]);
+    let (a_priv, a_pub) = keypair();
+    let (b_priv, b_pub) = keypair();
+    let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
+    let b_key = sites.dir.write("b.key", &format!("{b_priv}\n"), 0o600);
+    let (a_if, b_if) = (unique("sla"), unique("slb"));
+    let a = GatewayConfig {
+        iface: &a_if,
+        key_file: &a_key,
+        port: 51820,
+        addresses: &["198.18.100.1/24"],
+        peer_name: "site-b",
+        peer_key: &b_pub,
+        endpoint: Some("gw-b.sitelink.test:51820"),
+        allowed_ips: &["198.18.100.2/32", "198.19.2.0/24"],
+        keepalive: Some(25),
+    }
+    .toml()
+    .replace("[interface]\n", "[interface]\nresolve-interval = 2\n");
+    let b_toml = sitelink_tests::site_b_config(&b_if, &b_key, &a_pub);
+    let a_path = sites.dir.write(&format!("{a_if}.toml"), &a, 0o600);
+    let b_path = sites.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
+    let mut gw_a = sites.sitelinkd(&sites.gw_a, &a_path);
+    let mut gw_b = sites.sitelinkd(&sites.gw_b, &b_path);
+    sites.wait_ready(&mut gw_a, &a_if);
+    sites.wait_ready(&mut gw_b, &b_if);
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(10)));
+    let peer = |field: &str| sites.show_json(&a_if)["peers"][0][field].clone();
+    assert_eq!(peer("endpoint"), "198.18.0.2:51820");
+    assert_eq!(peer("endpoint_source"), "dns");
+    assert_eq!(peer("endpoint_name"), "gw-b.sitelink.test:51820");
+    let first = peer("resolved_at").as_u64().expect("resolved_at");
+
+    // The name changes while the link works: re-resolved, but the session keeps its address.
+    hosts.update("127.0.0.1 localhost\n198.18.0.10 gw-b.sitelink.test\n");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        peer("resolved_at").as_u64().unwrap() > first,
+        "not re-resolved"
+    );
+    assert_eq!(
+        peer("endpoint"),
+        "198.18.0.2:51820",
+        "DNS moved a working link"
+    );
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(2)));
+
+    // The peer moves: its old address becomes unreachable from A. A's handshakes to it fail,
+    // the name is used again, and the link comes back at the new address. (First 11 s of
+    // quiet, so that A's passive keepalive has answered B's last reply: a B with unanswered
+    // data would initiate from its old address, and A would roam back to it, as WireGuard
+    // does. A peer that really moved sends from its new address.)
+    std::thread::sleep(Duration::from_secs(11));
+    sites
+        .gw_a
+        .ip(&["route", "add", "blackhole", "198.18.0.2/32"]);
+    let started = std::time::Instant::now();
+    assert!(
+        sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(60)),
+        "the link did not follow the name:\n{}",
+        gw_a.log_text()
+    );
+    println!(
+        "link back at the new address after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(peer("endpoint"), "198.18.0.10:51820");
+    assert!(
+        gw_a.log_text()
+            .contains("endpoint now resolves to another address"),
+        "{}",
+        gw_a.log_text()
+    );
+}
+
+/// Hosts on LANs with MTU 1500 and ICMP "fragmentation needed" / "packet too big" filtered (a
+/// common firewall default): bulk TCP works through the 1420-byte tunnel only because
+/// sitelinkd clamps the MSS of SYNs; with `mss-clamp = false` it stalls.
+#[test]
+fn mss_clamping_carries_tcp_where_icmp_is_filtered() {
+    let sites = Sites::new();
+    for host in [&sites.host_a, &sites.host_b] {
+        let rules = "table inet sitelink_test {\n  chain input {\n    type filter hook input priority 0;\n    icmp type destination-unreachable drop\n    icmpv6 type packet-too-big drop\n  }\n}\n";
+        let out = sitelink_tests::pipe(host.cmd("nft").args(["-f", "-"]), rules);
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pair = sites.start_pair(true, "");
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(10)));
+    // With clamping (the default): both directions, both families, bytes checked.
+    sites.assert_lans_connected(5401);
+
+    // Without it: the first full-sized segment is dropped at gateway A and the ICMP that
+    // would say so never reaches host A: the transfer stalls.
+    for conf in [&pair.a_conf, &pair.b_conf] {
+        let text = std::fs::read_to_string(conf).unwrap();
+        std::fs::write(
+            conf,
+            text.replacen("[interface]\n", "[interface]\nmss-clamp = false\n", 1),
+        )
+        .unwrap();
+    }
+    sites.ctl_ok(&pair.a_if, &["reload"]);
+    sites.ctl_ok(&pair.b_if, &["reload"]);
+    let delivered = partial_transfer(&sites, 5411, 4 << 20);
+    assert!(
+        delivered < 4 << 20,
+        "a 4 MiB transfer completed without MSS clamping: the test does not filter ICMP"
+    );
+    println!(
+        "without mss-clamp: {delivered} of {} bytes before the stall",
+        4 << 20
+    );
+    // The tunnel itself works: small packets pass; only full-sized segments are lost.
+    assert!(
+        sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(5)),
+        "the tunnel broke, so the stall proves nothing"
+    );
+}
+
+/// host A sends `len` bytes to host B on `port`; returns how many B received before 5 s of
+/// silence.
+fn partial_transfer(sites: &Sites, port: u16, len: usize) -> usize {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([198, 19, 2, 10], port));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = sites.host_b.within(move || {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut total = 0;
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let client = sites.host_a.within(move || {
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        let _ = conn.write_all(&sitelink_tests::pattern(len, 3));
+    });
+    let received = server.join().unwrap();
+    client.join().unwrap();
+    received
+}

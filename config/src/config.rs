@@ -78,7 +78,15 @@ pub struct Interface {
     pub table: RouteTable,
     /// `metrics-listen`: where Prometheus metrics are served (`None`, the default: nowhere).
     pub metrics_listen: Option<MetricsListen>,
+    /// `resolve-interval`: seconds between resolutions of host-name endpoints (1-86400,
+    /// default [`DEFAULT_RESOLVE_INTERVAL`]).
+    pub resolve_interval: u32,
+    /// `mss-clamp` (default true): TCP SYNs through the tunnel get an MSS that fits `mtu`.
+    pub mss_clamp: bool,
 }
+
+/// Host-name endpoints are resolved again this often (seconds) unless `resolve-interval` says.
+pub const DEFAULT_RESOLVE_INTERVAL: u32 = 60;
 
 /// `[interface] metrics-listen`: an `address:port` for HTTP (`GET /metrics`), or an absolute
 /// path for a Unix socket (mode 0660, the control group's).
@@ -445,6 +453,8 @@ struct RawInterface {
     fwmark: Option<Spanned<Int>>,
     table: Option<Spanned<RawTable>>,
     metrics_listen: Option<Spanned<String>>,
+    resolve_interval: Option<Spanned<Int>>,
+    mss_clamp: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -779,6 +789,20 @@ fn build_interface(
         ),
     };
 
+    let resolve_interval = match &raw.resolve_interval {
+        None => DEFAULT_RESOLVE_INTERVAL,
+        Some(v) => in_range(v.get_ref().0, 1..86401).ok_or_else(|| {
+            err(
+                v.span(),
+                "resolve-interval",
+                format!(
+                    "{} is out of range; use 1-86400 seconds (default {DEFAULT_RESOLVE_INTERVAL})",
+                    v.get_ref().0
+                ),
+            )
+        })?,
+    };
+
     Ok(Interface {
         name,
         private_key,
@@ -790,6 +814,8 @@ fn build_interface(
         fwmark,
         table,
         metrics_listen,
+        resolve_interval,
+        mss_clamp: raw.mss_clamp.unwrap_or(true),
     })
 }
 

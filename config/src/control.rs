@@ -169,6 +169,12 @@ pub struct PeerStatus {
     /// remembered from a previous run); `null` without one.
     #[serde(default)]
     pub endpoint_source: Option<String>,
+    /// For a host-name endpoint: the name as configured (`host:port`), and when (unix
+    /// seconds) it last resolved; `null` otherwise, or before the first resolution.
+    #[serde(default)]
+    pub endpoint_name: Option<String>,
+    #[serde(default)]
+    pub resolved_at: Option<u64>,
 }
 
 /// A peer's last error: `reason` (`no-response`, `refused-by-us: replay or old timestamp`,

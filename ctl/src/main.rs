@@ -492,12 +492,19 @@ fn render(status: &Status, now: SystemTime) -> String {
             out += &format!("  state: {state}\n");
         }
         if let Some(e) = &p.endpoint {
-            let source = p
-                .endpoint_source
-                .as_deref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
+            let source = match (p.endpoint_source.as_deref(), &p.endpoint_name) {
+                (Some(s), Some(name)) => {
+                    let when = p.resolved_at.map_or(String::new(), |t| {
+                        format!(", resolved {} ago", ago(now.saturating_sub(t)))
+                    });
+                    format!(" ({s}; {name}{when})")
+                }
+                (Some(s), None) => format!(" ({s})"),
+                (None, _) => String::new(),
+            };
             out += &format!("  endpoint: {e}{source}\n");
+        } else if let Some(name) = &p.endpoint_name {
+            out += &format!("  endpoint: {name} (resolving)\n");
         }
         let ips = if p.allowed_ips.is_empty() {
             "(none)".to_string()
@@ -631,6 +638,8 @@ mod tests {
                 count: 2,
             }),
             endpoint_source: None,
+            endpoint_name: None,
+            resolved_at: None,
         };
         let status = Status {
             interface: InterfaceStatus {

@@ -320,7 +320,7 @@ fn status_json(state: &State) -> serde_json::Result<Vec<u8>> {
     let engine = state.lock_engine();
     let view = StatusView {
         interface: interface_status(state, &engine),
-        peers: PeersView(&engine, &|key| state.is_resolving(key)),
+        peers: PeersView(&engine, &|key| state.resolution(key)),
     };
     serde_json::to_vec(&view)
 }
@@ -354,21 +354,25 @@ struct StatusView<'a> {
     peers: PeersView<'a>,
 }
 
-/// The peers, and which of them are still resolving their endpoint's host name.
-struct PeersView<'a>(&'a Engine, &'a dyn Fn(&PublicKey) -> bool);
+/// The peers, and for those with a host-name endpoint, the name and its last resolution.
+type Resolutions<'a> = &'a dyn Fn(&PublicKey) -> Option<(String, Option<crate::dns::Resolution>)>;
+struct PeersView<'a>(&'a Engine, Resolutions<'a>);
 
 impl Serialize for PeersView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.peer_views().map(|v| {
-            let resolving = (self.1)(&v.public_key);
-            PeerJson(v, resolving)
+            let dns = (self.1)(&v.public_key);
+            PeerJson(v, dns)
         }))
     }
 }
 
-/// One [`PeerStatus`], written from the engine's view of the peer (and whether its host-name
-/// endpoint is still being resolved).
-struct PeerJson<'a>(PeerView<'a>, bool);
+/// One [`PeerStatus`], written from the engine's view of the peer (and its host-name
+/// endpoint's resolution).
+struct PeerJson<'a>(
+    PeerView<'a>,
+    Option<(String, Option<crate::dns::Resolution>)>,
+);
 
 impl Serialize for PeerJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -385,8 +389,9 @@ impl Serialize for PeerJson<'_> {
                 s.collect_str(&self.0)
             }
         }
-        let (p, resolving) = (&self.0, self.1);
-        let mut out = s.serialize_struct("PeerStatus", 13)?;
+        let (p, dns) = (&self.0, &self.1);
+        let resolving = matches!(dns, Some((_, None)));
+        let mut out = s.serialize_struct("PeerStatus", 15)?;
         out.serialize_field("name", p.name)?;
         out.serialize_field("public_key", &Shown(p.public_key))?;
         out.serialize_field("endpoint", &p.endpoint.map(Shown))?;
@@ -412,6 +417,11 @@ impl Serialize for PeerJson<'_> {
         });
         out.serialize_field("last_error", &last_error)?;
         out.serialize_field("endpoint_source", &h.endpoint_source.map(|s| s.as_str()))?;
+        out.serialize_field("endpoint_name", &dns.as_ref().map(|(name, _)| name))?;
+        let resolved_at = dns
+            .as_ref()
+            .and_then(|(_, r)| r.map(|r| unix_seconds(r.at)));
+        out.serialize_field("resolved_at", &resolved_at)?;
         out.end()
     }
 }
@@ -465,7 +475,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let json = serde_json::to_vec(&PeersView(&engine, &|_| false)).unwrap();
+        let json = serde_json::to_vec(&PeersView(&engine, &|_| None)).unwrap();
         let parsed: Vec<PeerStatus> = serde_json::from_slice(&json).unwrap();
         let expected: Vec<PeerStatus> = engine
             .peers()
@@ -488,6 +498,8 @@ mod tests {
                 trying_since: None,
                 last_error: None,
                 endpoint_source: p.endpoint.map(|_| "config".into()),
+                endpoint_name: None,
+                resolved_at: None,
             })
             .collect();
         assert_eq!(parsed, expected);

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -61,6 +61,8 @@ pub struct Handle {
     commands: Sender<Command>,
     wake: UnixDatagram,
     stop: Arc<AtomicBool>,
+    /// The MTU TCP SYNs are clamped to (`mss-clamp`), 0 for off; read by the loop per batch.
+    pub mss_clamp: Arc<AtomicU16>,
 }
 
 impl Handle {
@@ -74,6 +76,7 @@ impl Handle {
             commands: tx,
             wake: wake_tx,
             stop: Arc::clone(&stop),
+            mss_clamp: Arc::new(AtomicU16::new(0)),
         };
         Ok((handle, rx, wake_rx, stop))
     }
@@ -115,6 +118,8 @@ pub struct DataPlane {
     /// systemd watchdog ping interval: pinged from this loop, so a wedged loop (not just a
     /// wedged process) gets the service restarted.
     pub watchdog: Option<Duration>,
+    /// The MTU TCP SYNs are clamped to (both ways), 0 for off: set by the control plane.
+    pub mss_clamp: Arc<AtomicU16>,
 }
 
 impl DataPlane {
@@ -132,6 +137,7 @@ impl DataPlane {
             out: TunBatch::default(),
             gro: GROTable::default(),
             stale: Vec::new(),
+            mss_clamp: &self.mss_clamp,
         };
         let mut bufs = Buffers::new();
         let mut fds = [
@@ -251,6 +257,7 @@ struct Io<'a> {
     gro: GROTable,
     /// Sends whose sticky source address had gone: (destination, source), for the engine.
     stale: Vec<(SocketAddr, IpAddr)>,
+    mss_clamp: &'a AtomicU16,
 }
 
 impl Io<'_> {
@@ -312,9 +319,13 @@ impl Io<'_> {
                 return Ok(true);
             }
         };
+        let clamp_to = self.mss_clamp.load(Ordering::Relaxed);
         let mut engine = lock(engine);
         let now = Instant::now();
-        for (pkt, &size) in b.tun_pkts.iter().zip(&b.tun_sizes).take(n) {
+        for (pkt, &size) in b.tun_pkts.iter_mut().zip(&b.tun_sizes).take(n) {
+            if clamp_to != 0 {
+                crate::mss::clamp(&mut pkt[..size], clamp_to);
+            }
             if let Some(t) = engine.handle_tunnel_packet(now, &pkt[..size], &mut b.scratch) {
                 let (dst, src) = (t.dst, t.src);
                 if !self
@@ -372,7 +383,8 @@ impl Io<'_> {
                 }
                 match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {
                     Received::Tunnel(packet) => {
-                        self.out.push(packet);
+                        self.out
+                            .push(packet, self.mss_clamp.load(Ordering::Relaxed));
                         if self.out.is_full() {
                             self.out.flush(self.tun, &mut self.gro);
                         }
@@ -419,7 +431,8 @@ struct TunBatch {
 }
 
 impl TunBatch {
-    fn push(&mut self, packet: &[u8]) {
+    /// Queues a decrypted packet, its TCP SYN's MSS clamped to `clamp_to` (0: off).
+    fn push(&mut self, packet: &[u8], clamp_to: u16) {
         if self.len == self.bufs.len() {
             self.bufs
                 .push(Vec::with_capacity(MAX_PACKET + VIRTIO_NET_HDR_LEN));
@@ -428,6 +441,9 @@ impl TunBatch {
         v.clear();
         v.resize(VIRTIO_NET_HDR_LEN, 0);
         v.extend_from_slice(packet);
+        if clamp_to != 0 {
+            crate::mss::clamp(&mut v[VIRTIO_NET_HDR_LEN..], clamp_to);
+        }
         self.len += 1;
     }
 

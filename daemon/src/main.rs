@@ -11,8 +11,10 @@
 mod access;
 mod control;
 mod dataplane;
+mod dns;
 mod handshakes;
 mod metrics;
+mod mss;
 mod netlink;
 mod persist;
 mod privilege;
@@ -115,6 +117,7 @@ async fn serve(config: Config) -> Result<()> {
     let (plane, commands, wake, stop) =
         dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
     let queue = Arc::new(handshakes::Queue::default());
+    let mss_clamp = Arc::clone(&plane.mss_clamp);
     let socket = udp.control_handle()?;
     let state = State::start(
         config,
@@ -138,6 +141,7 @@ async fn serve(config: Config) -> Result<()> {
         commands,
         stop,
         watchdog: systemd::watchdog_interval(),
+        mss_clamp,
     };
     let result = run_interface(Arc::clone(&state), plane, access).await;
     state.lock().await.teardown().await;

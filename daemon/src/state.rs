@@ -20,8 +20,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use foldhash::HashMap;
@@ -31,9 +32,9 @@ use sitelink_config::{
 };
 use sitelink_engine::health::EndpointSource;
 use sitelink_engine::{Engine, PeerId, PeerSpec};
-use tokio::task::JoinHandle;
 
 use crate::dataplane::{self, Command};
+use crate::dns;
 use crate::netlink::{Change, Netlink};
 use crate::persist;
 use crate::routes::{Route, Routing, RoutingDiff};
@@ -58,7 +59,10 @@ pub struct State {
     /// Another handle on the packet loop's UDP socket, to change its mark.
     socket: UdpSocket,
     ids: HashMap<PublicKey, PeerId>,
-    resolvers: HashMap<PublicKey, JoinHandle<()>>,
+    /// A resolver per peer with a host-name endpoint.
+    resolvers: HashMap<PublicKey, dns::Resolver>,
+    /// `resolve-interval`, shared with the running resolvers.
+    resolve_interval: Arc<AtomicU64>,
     /// The private key reloads use when the key file is not readable any more (after
     /// dropping privileges).
     pub key_fallback: Option<PrivateKey>,
@@ -195,6 +199,7 @@ impl State {
             socket,
             ids: HashMap::default(),
             resolvers: HashMap::default(),
+            resolve_interval: Arc::new(AtomicU64::new(config.interface.resolve_interval.into())),
             key_fallback: None,
         };
         match state.apply(config).await {
@@ -274,6 +279,11 @@ impl State {
         }
 
         // Commit: nothing below can fail.
+        let new_if = &new.interface;
+        self.resolve_interval
+            .store(new_if.resolve_interval.into(), Ordering::Relaxed);
+        let clamp_to = if new_if.mss_clamp { new_if.mtu } else { 0 };
+        self.plane.mss_clamp.store(clamp_to, Ordering::Relaxed);
         self.index.apply(&delta);
         drop(delta);
         if let Some((udp, handle, port)) = new_socket {
@@ -373,9 +383,7 @@ impl State {
                 if let Some(id) = self.ids.remove(&peer.public_key) {
                     engine.remove_peer(id);
                 }
-                if let Some(task) = self.resolvers.remove(&peer.public_key) {
-                    task.abort();
-                }
+                self.resolvers.remove(&peer.public_key);
                 summary.peers_removed.push(peer.name.clone());
             }
             for (peer, before) in peers.iter().zip(befores) {
@@ -404,9 +412,7 @@ impl State {
                             summary.peers_changed.push(peer.name.clone());
                             if before.endpoint != peer.endpoint {
                                 // A resolver for the old endpoint must not overwrite the new one.
-                                if let Some(task) = self.resolvers.remove(&peer.public_key) {
-                                    task.abort();
-                                }
+                                self.resolvers.remove(&peer.public_key);
                                 if needs_dns(peer.endpoint.as_ref()) {
                                     to_resolve.push((id, Arc::clone(peer)));
                                 }
@@ -421,13 +427,14 @@ impl State {
         self.config.peers = old_peers;
         for (id, peer) in to_resolve {
             if let Some(endpoint) = peer.endpoint.clone() {
-                let task = tokio::spawn(resolve_endpoint(
+                let resolver = dns::Resolver::start(
                     Arc::clone(&self.engine),
                     id,
                     peer.name.clone(),
                     endpoint,
-                ));
-                self.resolvers.insert(peer.public_key, task);
+                    Arc::clone(&self.resolve_interval),
+                );
+                self.resolvers.insert(peer.public_key, resolver);
             }
         }
     }
@@ -488,17 +495,14 @@ impl State {
         (restored, initiated)
     }
 
-    /// Whether `key`'s host-name endpoint is still being resolved (none found yet).
-    pub fn is_resolving(&self, key: &PublicKey) -> bool {
-        self.resolvers
-            .get(key)
-            .is_some_and(|task| !task.is_finished())
+    /// For a peer with a host-name endpoint: the name and what it resolved to last.
+    /// (`None` found yet: still resolving.)
+    pub fn resolution(&self, key: &PublicKey) -> Option<(String, Option<dns::Resolution>)> {
+        self.resolvers.get(key).map(|r| (r.name.clone(), r.last()))
     }
 
     pub async fn teardown(&mut self) {
-        for (_, task) in self.resolvers.drain() {
-            task.abort();
-        }
+        self.resolvers.clear();
         self.netlink.teardown().await;
     }
 
@@ -582,38 +586,4 @@ fn spec(peer: &Peer) -> PeerSpec {
 
 fn needs_dns(endpoint: Option<&Endpoint>) -> bool {
     endpoint.is_some_and(|e| e.ip().is_none())
-}
-
-/// Resolves a host-name endpoint, retrying with backoff until it succeeds. A name that
-/// does not resolve at boot (DNS not ready yet) is a warning, not a failure.
-async fn resolve_endpoint(
-    engine: Arc<Mutex<Engine>>,
-    id: PeerId,
-    peer: String,
-    endpoint: Endpoint,
-) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        let ep = endpoint.clone();
-        match tokio::task::spawn_blocking(move || ep.resolve()).await {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                let addr = addrs[0];
-                tracing::info!(peer, %endpoint, %addr, "resolved endpoint");
-                dataplane::lock(&engine).set_endpoint(id, addr, EndpointSource::Dns);
-                return;
-            }
-            Ok(Ok(_)) => {
-                tracing::warn!(peer, %endpoint, retry_in = ?delay, "endpoint resolved to no addresses");
-                dataplane::lock(&engine)
-                    .note_error(id, format!("dns: {endpoint} has no addresses"));
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(peer, %endpoint, error = %e, retry_in = ?delay, "cannot resolve endpoint");
-                dataplane::lock(&engine).note_error(id, format!("dns: {e}"));
-            }
-            Err(e) => tracing::warn!(peer, %endpoint, error = %e, "resolver task failed"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(60));
-    }
 }

@@ -18,7 +18,7 @@ pub const UP_WITHIN: Duration = Duration::from_secs(180);
 /// What a peer's link is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
-    /// A handshake within the last 180 s.
+    /// A handshake within the last 180 s, and no handshake retries since.
     Up,
     /// Initiations sent since the last handshake (or none ever), none answered yet.
     Connecting,
@@ -174,7 +174,13 @@ pub struct Health {
     pub last_error: Option<LastError>,
     pub endpoint_source: Option<EndpointSource>,
     pub failures: Failures,
+    /// When an authenticated datagram from the peer last arrived.
+    pub last_received: Option<Instant>,
 }
+
+/// Authenticated traffic this recent shows a session working even while a rekey goes
+/// unanswered (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT: a live peer sends within this).
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(15);
 
 impl Health {
     pub fn new(endpoint_source: Option<EndpointSource>) -> Self {
@@ -184,6 +190,7 @@ impl Health {
             last_error: None,
             endpoint_source,
             failures: Failures::default(),
+            last_received: None,
         }
     }
 
@@ -230,14 +237,27 @@ impl Health {
         }
     }
 
-    /// The link's state, given what the rest of the peer record says.
+    /// An authenticated datagram from the peer arrived.
+    pub fn received(&mut self, now: Instant) {
+        self.last_received = Some(now);
+    }
+
+    /// The link's state at `now`, given what the rest of the peer record says.
     pub fn state(
         &self,
+        now: Instant,
         has_endpoint: bool,
         handshake_age: Option<Duration>,
         has_session: bool,
     ) -> LinkState {
-        if has_session && handshake_age.is_some_and(|age| age < UP_WITHIN) {
+        // A rekey that is answered has one attempt outstanding for a round trip. Retries (two
+        // or more unanswered) mean the peer does not answer, unless its traffic still arrives
+        // (a lost response while data flows).
+        let answering = self.attempts < 2
+            || self
+                .last_received
+                .is_some_and(|t| now.saturating_duration_since(t) < ALIVE_WITHIN);
+        if has_session && handshake_age.is_some_and(|age| age < UP_WITHIN) && answering {
             return LinkState::Up;
         }
         if !has_endpoint {

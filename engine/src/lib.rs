@@ -98,6 +98,7 @@ const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
 pub(crate) const TYPE_HANDSHAKE_INIT: u8 = 1;
+const TYPE_HANDSHAKE_RESP: u8 = 2;
 const TYPE_COOKIE_REPLY: u8 = 3;
 const TYPE_DATA: u8 = 4;
 const COOKIE_REPLY_LEN: usize = 64;
@@ -375,6 +376,7 @@ impl Engine {
             health: Health::new(spec.endpoint.map(|_| EndpointSource::Config)),
             initiate: false,
             stale_answered: None,
+            awaiting_confirm: None,
             session: None,
             due: None,
             created: 0,
@@ -581,7 +583,7 @@ impl Engine {
             .last_handshake
             .map(|t| wall_now.duration_since(t).unwrap_or(Duration::ZERO));
         HealthInfo {
-            state: h.state(p.endpoint.is_some(), age, p.session.is_some()),
+            state: h.state(self.clock.0, p.endpoint.is_some(), age, p.session.is_some()),
             attempts: h.attempts,
             trying_since: h.trying_since.map(|t| self.wall_at(t)),
             last_error: h.last_error.as_ref().map(|e| ErrorInfo {
@@ -885,11 +887,29 @@ impl Engine {
             }
         }
         if authenticated {
-            // Status shows a handshake the moment it completes, not at the next tick.
-            if kind != TYPE_DATA || !peer.up {
-                note_handshake(peer, wall);
+            // A handshake completes, as in WireGuard, for the initiator when it accepts the
+            // response, and for the responder when the first data arrives under the new
+            // keys (key confirmation): answering an initiation proves nothing yet, and a peer
+            // whose responses are lost would look connected on every retry.
+            let index = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+            match kind {
+                TYPE_HANDSHAKE_RESP => note_handshake(peer, wall),
+                TYPE_HANDSHAKE_INIT => {
+                    // Our response's sender index: the receiver index its data will carry.
+                    let out = &buf[step_range(&step)];
+                    if out.len() >= 8 && out[0] == TYPE_HANDSHAKE_RESP {
+                        peer.awaiting_confirm =
+                            Some(u32::from_le_bytes([out[4], out[5], out[6], out[7]]));
+                    }
+                }
+                TYPE_DATA if peer.awaiting_confirm == Some(index) => {
+                    peer.awaiting_confirm = None;
+                    note_handshake(peer, wall);
+                }
+                _ => {}
             }
             peer.rx_bytes += datagram.len() as u64;
+            peer.health.received(now);
             if peer.endpoint != Some(from) {
                 if peer.endpoint.is_some() {
                     tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = %from, "peer roamed to a new endpoint");
@@ -1080,7 +1100,6 @@ impl Engine {
     /// keepalives. At most one datagram.
     fn timer_step(&mut self, id: PeerId, buf: &mut [u8]) -> Option<Flushed> {
         let now = self.clock.0;
-        let wall = self.wall_at(now);
         // Without a key there is nothing to send, and no session state to tick.
         self.identity.as_ref()?;
         let (always_on, initiate) = {
@@ -1196,7 +1215,6 @@ impl Engine {
                 _ => None,
             }
         });
-        note_handshake(peer, wall);
         let result = match (out, peer.endpoint) {
             (Some(range), Some(endpoint)) => {
                 peer.sent(now, &buf[range.clone()]);
@@ -1322,21 +1340,13 @@ fn allocate_index(next: &mut u32, peers: &Peers) -> u32 {
     }
 }
 
-/// Records a completed handshake's wall-clock time (and the peer coming up) once boringtun
-/// reports a session. boringtun gives time since the handshake; a new one shows as a jump.
+/// Records a completed handshake (and the peer coming up): called for the events that
+/// complete one (an initiation answered, a response accepted). Not derived from boringtun's
+/// `stats()` time since the handshake: boringtun resets all its timers (that one included)
+/// when it starts a handshake after an expired one, which would look like a new session every
+/// retry on a dead link.
 fn note_handshake(peer: &mut Peer, wall: SystemTime) {
-    let Some(since) = peer.session.as_ref().and_then(|s| s.current.tunn.stats().0) else {
-        return;
-    };
-    let at = wall.checked_sub(since).unwrap_or(wall);
-    let is_new = match peer.last_handshake {
-        None => true,
-        Some(prev) => at > prev + Duration::from_secs(1),
-    };
-    if !is_new {
-        return;
-    }
-    peer.last_handshake = Some(at);
+    peer.last_handshake = Some(wall);
     peer.health.handshake_completed();
     // New keys: the message limits count from here.
     if let Some(session) = peer.session.as_mut() {
@@ -1348,6 +1358,14 @@ fn note_handshake(peer: &mut Peer, wall: SystemTime) {
         tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = ?peer.endpoint, "handshake completed, peer up");
     } else {
         tracing::debug!(peer = %peer.name, "handshake completed (rekey)");
+    }
+}
+
+/// The part of the caller's buffer a step refers to (empty for steps without one).
+fn step_range(step: &Step) -> Range<usize> {
+    match step {
+        Step::Tunnel(r) | Step::Network(r) | Step::NetworkTo(_, _, r) => r.clone(),
+        _ => 0..0,
     }
 }
 

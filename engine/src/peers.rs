@@ -56,6 +56,9 @@ pub(crate) struct Peer {
     /// When we last answered this peer's stale-timestamp initiation with our own (at most
     /// one such answer per REKEY_TIMEOUT).
     pub stale_answered: Option<Instant>,
+    /// The session index of the latest initiation we answered, until data arrives under it
+    /// (then the handshake is complete: key confirmation).
+    pub awaiting_confirm: Option<u32>,
     /// The boringtun state, created on the first handshake or packet and dropped when the
     /// link has been dead long enough that boringtun gave up (`None`: an idle peer).
     pub session: Option<Box<Session>>,

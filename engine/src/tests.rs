@@ -495,17 +495,27 @@ fn under_load_a_genuine_peer_gets_a_cookie_then_completes_and_never_roams_on_it(
         gate.check(Instant::now(), moved, &init, true, &mut reply),
         Verdict::Initiation(k) if k == a_key
     ));
+    let before = p.sent.len();
     p.deliver(moved, p.b.addr, &init);
+    p.settle();
+    assert_eq!(
+        p.status_b().endpoint,
+        Some(moved),
+        "an authenticated handshake roams"
+    );
+    let response = p.sent[before..]
+        .iter()
+        .find(|(_, from, d)| *from == p.b.addr && d[0] == 2)
+        .map(|(_, _, d)| d.clone())
+        .expect("the cookie holder got no response");
+    // The response reaches A (its new address is not on the test wire); A's first packet
+    // under the new keys completes B's side of the handshake.
+    p.deliver(p.b.addr, p.a.addr, &response);
     p.settle();
     p.advance(Duration::from_millis(300));
     assert!(
         p.status_b().last_handshake > first,
         "the cookie holder did not get through"
-    );
-    assert_eq!(
-        p.status_b().endpoint,
-        Some(moved),
-        "an authenticated handshake roams"
     );
 }
 
@@ -1493,4 +1503,34 @@ fn allowed_endpoints_refuse_other_sources_even_with_the_right_key() {
         p.status_a().last_handshake.is_some(),
         "no handshake once allowed"
     );
+}
+
+/// Regression: boringtun resets all its timers when it starts a handshake after an expired
+/// one, which made `stats()` report a fresh session on every retry over a dead link (status
+/// said "up", a new latest handshake every 5 s, handshake attempts never counted up).
+#[test]
+fn retries_over_a_dead_link_are_not_handshakes() {
+    use crate::health::LinkState;
+    let mut p = connected(Some(25));
+    let handshake = p.status_a().last_handshake.expect("handshake");
+    p.link_up = false;
+    // Traffic A→B that B never gets: boringtun initiates after 15 s, retries every 5 s.
+    for _ in 0..12 {
+        p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x"));
+        p.advance(Duration::from_secs(5));
+    }
+    let a = p.status_a();
+    assert_eq!(
+        a.last_handshake,
+        Some(handshake),
+        "a retry counted as a handshake"
+    );
+    assert!(a.health.attempts >= 3, "attempts: {}", a.health.attempts);
+    assert_eq!(a.health.state, LinkState::Connecting);
+    // The link returns: the next retry completes a real handshake.
+    p.link_up = true;
+    p.advance(Duration::from_secs(6));
+    let a = p.status_a();
+    assert!(a.last_handshake > Some(handshake), "no new handshake");
+    assert_eq!((a.health.state, a.health.attempts), (LinkState::Up, 0));
 }
