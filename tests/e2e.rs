@@ -263,31 +263,15 @@ fn host_name_endpoint_follows_the_name_when_the_peer_moves() {
     sites
         .gw_b
         .ip(&["addr", "add", "198.18.0.10/30", "dev", "wan0"]);
-    let (a_priv, a_pub) = keypair();
-    let (b_priv, b_pub) = keypair();
-    let a_key = sites.dir.write("a.key", &format!("{a_priv}\n"), 0o600);
-    let b_key = sites.dir.write("b.key", &format!("{b_priv}\n"), 0o600);
-    let (a_if, b_if) = (unique("sla"), unique("slb"));
-    let a = GatewayConfig {
-        iface: &a_if,
-        key_file: &a_key,
-        port: 51820,
-        addresses: &["198.18.100.1/24"],
-        peer_name: "site-b",
-        peer_key: &b_pub,
-        endpoint: Some("gw-b.sitelink.test:51820"),
-        allowed_ips: &["198.18.100.2/32", "198.19.2.0/24"],
-        keepalive: Some(25),
-    }
-    .toml()
-    .replace("[interface]\n", "[interface]\nresolve-interval = 2\n");
-    let b_toml = sitelink_tests::site_b_config(&b_if, &b_key, &a_pub);
-    let a_path = sites.dir.write(&format!("{a_if}.toml"), &a, 0o600);
-    let b_path = sites.dir.write(&format!("{b_if}.toml"), &b_toml, 0o600);
-    let mut gw_a = sites.sitelinkd(&sites.gw_a, &a_path);
-    let mut gw_b = sites.sitelinkd(&sites.gw_b, &b_path);
-    sites.wait_ready(&mut gw_a, &a_if);
-    sites.wait_ready(&mut gw_b, &b_if);
+    // A's peer "site-b" by name, re-resolved every 2 s; B the usual gateway B.
+    let b_by_name = |b_pub: &str| {
+        sitelink_tests::site_b_peer(b_pub).replace("198.18.0.2:51820", "gw-b.sitelink.test:51820")
+    };
+    let pair = sites.start_pair_with(false, "resolve-interval = 2\n", "", &[]);
+    let text = std::fs::read_to_string(&pair.a_conf).unwrap() + &b_by_name(&pair.b_pub);
+    std::fs::write(&pair.a_conf, text).unwrap();
+    sites.ctl_ok(&pair.a_if, &["reload"]);
+    let (a_if, gw_a) = (pair.a_if.clone(), &pair.gw_a);
     assert!(sites
         .host_a
         .ping_until("198.19.2.10", Duration::from_secs(10)));
