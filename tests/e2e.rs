@@ -412,3 +412,53 @@ fn partial_transfer(sites: &Sites, port: u16, len: usize) -> usize {
     client.join().unwrap();
     received
 }
+
+/// A peer reachable over two WAN links, `endpoint = [first, second]`: the first is used; when
+/// its link is cut, handshakes to it fail and the second is tried; `show` says which is in use.
+#[test]
+fn several_endpoints_are_tried_in_order_when_one_link_is_cut() {
+    let sites = Sites::new();
+    sitelink_tests::veth(&sites.gw_a, "wan1", &sites.gw_b, "wan1");
+    sites
+        .gw_a
+        .ip(&["addr", "add", "198.18.0.5/30", "dev", "wan1"]);
+    sites
+        .gw_b
+        .ip(&["addr", "add", "198.18.0.6/30", "dev", "wan1"]);
+    let two = |b_pub: &str| {
+        sitelink_tests::site_b_peer(b_pub).replace(
+            "endpoint = \"198.18.0.2:51820\"",
+            "endpoint = [\"198.18.0.2:51820\", \"198.18.0.6:51820\"]",
+        )
+    };
+    let pair = sites.start_pair_with(false, "", "", &[]);
+    let text = std::fs::read_to_string(&pair.a_conf).unwrap() + &two(&pair.b_pub);
+    std::fs::write(&pair.a_conf, text).unwrap();
+    sites.ctl_ok(&pair.a_if, &["reload"]);
+    assert!(sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(10)));
+    let peer = |field: &str| sites.show_json(&pair.a_if)["peers"][0][field].clone();
+    assert_eq!(peer("endpoint"), "198.18.0.2:51820");
+    assert_eq!(peer("endpoint_name"), "198.18.0.2:51820");
+
+    // The first link is cut.
+    sites.gw_a.ip(&["link", "set", "wan0", "down"]);
+    let started = std::time::Instant::now();
+    assert!(
+        sites
+            .host_a
+            .ping_until("198.19.2.10", Duration::from_secs(90)),
+        "the second endpoint was never tried:\n{}",
+        pair.gw_a.log_text()
+    );
+    println!(
+        "traffic over the second link {:.1} s after the first was cut",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(peer("endpoint"), "198.18.0.6:51820");
+    assert_eq!(peer("endpoint_name"), "198.18.0.6:51820");
+    assert_eq!(peer("state"), "up");
+    let said = sites.ctl_ok(&pair.a_if, &["show"]);
+    assert!(said.contains("198.18.0.6:51820"), "{said}");
+}

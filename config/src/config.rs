@@ -191,6 +191,9 @@ pub struct Peer {
     pub preshared_key_file: Option<PathBuf>,
     /// Where to send handshakes first; `None` waits for the peer to contact us.
     pub endpoint: Option<Endpoint>,
+    /// `endpoint = [first, more...]`: the rest of the list, tried in order after `endpoint`
+    /// when handshakes to it fail. Empty for a single endpoint.
+    pub more_endpoints: Vec<Endpoint>,
     /// Destinations routed to this peer and sources accepted from it: no host bits, no
     /// duplicates, none that another peer has too. Prefixes of different peers may nest: a
     /// destination goes to the peer with the longest matching prefix.
@@ -464,7 +467,7 @@ struct RawPeer {
     public_key: Spanned<String>,
     preshared_key_file: Option<Spanned<String>>,
     preshared_key: Option<Spanned<String>>,
-    endpoint: Option<Spanned<String>>,
+    endpoint: Option<Spanned<RawEndpoints>>,
     allowed_ips: Vec<Spanned<String>>,
     persistent_keepalive: Option<Spanned<Int>>,
     #[serde(default)]
@@ -499,6 +502,14 @@ impl<'de> Deserialize<'de> for Int {
         }
         deserializer.deserialize_any(Visitor)
     }
+}
+
+/// `endpoint`: one `host:port`, or a list of them tried in order.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a host:port string or a list of them")]
+enum RawEndpoints {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `table`: a word (`"auto"`, `"off"`) or a table number, checked by [`parse_table`].
@@ -1133,13 +1144,37 @@ fn build_peer(
         )?),
     };
 
-    let endpoint = match &raw.endpoint {
-        None => None,
-        Some(text) => Some(
-            text.get_ref()
-                .parse::<Endpoint>()
-                .map_err(|e| err(text.span(), "endpoint", e.to_string()))?,
-        ),
+    let (endpoint, more_endpoints) = match &raw.endpoint {
+        None => (None, Vec::new()),
+        Some(value) => {
+            let texts = match value.get_ref() {
+                RawEndpoints::One(text) => std::slice::from_ref(text),
+                RawEndpoints::Many(list) => list.as_slice(),
+            };
+            let mut all = Vec::with_capacity(texts.len());
+            for text in texts {
+                let e = text
+                    .parse::<Endpoint>()
+                    .map_err(|e| err(value.span(), "endpoint", format!("{text:?}: {e}")))?;
+                if all.contains(&e) {
+                    return Err(err(
+                        value.span(),
+                        "endpoint",
+                        format!("{e} is listed twice; remove one"),
+                    ));
+                }
+                all.push(e);
+            }
+            if all.is_empty() {
+                return Err(err(
+                    value.span(),
+                    "endpoint",
+                    "the list is empty; give at least one host:port, or omit endpoint for a peer that connects to us".into(),
+                ));
+            }
+            let first = all.remove(0);
+            (Some(first), all)
+        }
     };
 
     let mut allowed_ips: Vec<Cidr> = Vec::with_capacity(raw.allowed_ips.len());
@@ -1205,6 +1240,7 @@ fn build_peer(
             .as_ref()
             .map(|f| PathBuf::from(f.get_ref())),
         endpoint,
+        more_endpoints,
         allowed_ips,
         persistent_keepalive,
         allowed_endpoints,

@@ -230,6 +230,7 @@ mod tests {
             allowed_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             persistent_keepalive: None,
             allowed_endpoints: Vec::new(),
+            more_endpoints: Vec::new(),
         })
     }
 

@@ -206,9 +206,26 @@ fn update_table(table: &mut Table, peer: &Peer, target: &Target<'_>) -> Result<(
         None => {
             table.remove("endpoint");
         }
-        Some(endpoint) => {
+        Some(endpoint) if peer.more_endpoints.is_empty() => {
             if parsed::<Endpoint>(table.get("endpoint")).as_ref() != Some(endpoint) {
                 put(table, "endpoint", endpoint.to_string().into(), None);
+            }
+        }
+        Some(endpoint) => {
+            let want: Vec<String> = std::iter::once(endpoint)
+                .chain(&peer.more_endpoints)
+                .map(Endpoint::to_string)
+                .collect();
+            let current: Option<Vec<String>> = table.get("endpoint").and_then(|item| {
+                let array = item.as_array()?;
+                array
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            });
+            if current.as_ref() != Some(&want) {
+                let array: toml_edit::Array = want.iter().map(String::as_str).collect();
+                put(table, "endpoint", Value::Array(array), None);
             }
         }
     }

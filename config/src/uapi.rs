@@ -750,6 +750,7 @@ impl<'c> Peers<'c> {
                 allowed_ips: Vec::new(),
                 persistent_keepalive: None,
                 allowed_endpoints: Vec::new(),
+                more_endpoints: Vec::new(),
             }),
             live: true,
             touched: true,
@@ -796,6 +797,8 @@ impl<'c> Peers<'c> {
         let peer = self.peer_mut(slot);
         if let Some(endpoint) = &entry.endpoint {
             peer.endpoint = Some(endpoint.clone());
+            // `wg set ... endpoint` names one endpoint: it replaces a configured list.
+            peer.more_endpoints.clear();
         }
         if let Some(seconds) = entry.persistent_keepalive {
             peer.persistent_keepalive = (seconds != 0).then_some(seconds);

@@ -247,6 +247,7 @@ fn new_peer(config: &Config, args: PeerArgs) -> Result<Peer> {
         allowed_ips: Vec::new(),
         persistent_keepalive: None,
         allowed_endpoints: Vec::new(),
+        more_endpoints: Vec::new(),
     };
     let changes = PeerChanges {
         allowed_ips: Some(args.allowed_ips),
@@ -276,6 +277,10 @@ fn set_fields(peer: &mut Peer, c: PeerChanges, config_path: &Path) -> Result<()>
             .iter()
             .map(|s| parse::<Cidr>(&scope("allowed-ips"), s))
             .collect::<Result<_>>()?;
+    }
+    if c.clear_endpoint || c.endpoint.is_some() {
+        // One endpoint given (or none): it replaces a configured list.
+        peer.more_endpoints.clear();
     }
     if c.clear_endpoint {
         peer.endpoint = None;
@@ -420,7 +425,7 @@ impl Serialize for PeerJson<'_> {
         out.serialize_field("endpoint_name", &dns.as_ref().map(|(name, _)| name))?;
         let resolved_at = dns
             .as_ref()
-            .and_then(|(_, r)| r.map(|r| unix_seconds(r.at)));
+            .and_then(|(_, r)| r.as_ref().map(|r| unix_seconds(r.at)));
         out.serialize_field("resolved_at", &resolved_at)?;
         out.end()
     }

@@ -1,5 +1,6 @@
-//! Host-name endpoints: resolved at start, then again every `resolve-interval` seconds and at
-//! once when handshakes to the address in use keep failing.
+//! Host-name endpoints and endpoint lists: resolved at start, then again every
+//! `resolve-interval` seconds and at once when handshakes to the address in use keep failing,
+//! when the next address (of the name, or of the list) is tried.
 //!
 //! Owns: one task per peer with a host-name endpoint, what it last resolved (shown by
 //! `show`), and the choice of address (keep the one in use while it works, prefer its family,
@@ -26,16 +27,19 @@ pub const FAILED_ATTEMPTS: u32 = 3;
 const WATCH: Duration = Duration::from_secs(1);
 
 /// What a resolver found last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
     pub addr: SocketAddr,
     pub at: SystemTime,
+    /// The configured endpoint (`host:port`) the address in use came from.
+    pub entry: String,
 }
 
 /// A running resolver; aborted when dropped.
 pub struct Resolver {
     task: JoinHandle<()>,
-    pub name: String,
+    /// The first configured endpoint (what `show` names before anything resolved).
+    pub first: String,
     last: Arc<Mutex<Option<Resolution>>>,
 }
 
@@ -46,24 +50,35 @@ impl Drop for Resolver {
 }
 
 impl Resolver {
-    /// Starts resolving `endpoint` for peer `id`; `interval` (seconds) is read before every
-    /// wait, so a reload changes it for running resolvers too.
+    /// Starts keeping peer `id`'s endpoint among `endpoints` (the configured list, in order;
+    /// host names are resolved); `interval` (seconds) is read before every wait, so a reload
+    /// changes it for running resolvers too.
     pub fn start(
         engine: Arc<std::sync::Mutex<Engine>>,
         id: PeerId,
         peer: String,
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         interval: Arc<AtomicU64>,
     ) -> Self {
         let last = Arc::new(Mutex::new(None));
-        let name = endpoint.to_string();
-        let task = tokio::spawn(run(engine, id, peer, endpoint, interval, Arc::clone(&last)));
-        Self { task, name, last }
+        let first = endpoints
+            .first()
+            .map(Endpoint::to_string)
+            .unwrap_or_default();
+        let task = tokio::spawn(run(
+            engine,
+            id,
+            peer,
+            endpoints,
+            interval,
+            Arc::clone(&last),
+        ));
+        Self { task, first, last }
     }
 
-    /// The address and time of the last successful resolution (`None`: not resolved yet).
+    /// The last successful resolution (`None`: nothing resolved yet).
     pub fn last(&self) -> Option<Resolution> {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -106,72 +121,105 @@ pub fn pick(addrs: &[SocketAddr], current: Option<SocketAddr>, failing: bool) ->
     }
 }
 
+/// Every address of `endpoints`, in list order, with the index of the entry it came from;
+/// and the first lookup error, if any entry failed.
+async fn resolve_all(endpoints: &[Endpoint]) -> (Vec<(SocketAddr, usize)>, Option<String>) {
+    let mut out = Vec::new();
+    let mut error = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        if let Some(addr) = e.ip() {
+            out.push((addr, i));
+            continue;
+        }
+        let ep = e.clone();
+        match tokio::task::spawn_blocking(move || ep.resolve()).await {
+            Ok(Ok(addrs)) if !addrs.is_empty() => out.extend(addrs.into_iter().map(|a| (a, i))),
+            Ok(Ok(_)) => {
+                error.get_or_insert(format!("dns: {e} has no addresses"));
+            }
+            Ok(Err(err)) => {
+                error.get_or_insert(format!("dns: {e}: {err}"));
+            }
+            Err(err) => {
+                error.get_or_insert(format!("dns: resolver task failed: {err}"));
+            }
+        }
+    }
+    (out, error)
+}
+
 async fn run(
     engine: Arc<std::sync::Mutex<Engine>>,
     id: PeerId,
     peer: String,
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
     interval: Arc<AtomicU64>,
     last: Arc<Mutex<Option<Resolution>>>,
 ) {
     let mut backoff = Duration::from_secs(1);
+    let endpoint = endpoints
+        .iter()
+        .map(Endpoint::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let every = || Duration::from_secs(interval.load(Ordering::Relaxed).max(1));
     loop {
-        let ep = endpoint.clone();
-        let resolved = tokio::task::spawn_blocking(move || ep.resolve()).await;
-        let ever = last.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let (found, error) = resolve_all(&endpoints).await;
+        if let Some(error) = &error {
+            // An entry did not resolve: said, even if others did (the link uses those).
+            tracing::warn!(peer, %endpoint, error, retry_in = ?backoff, "cannot resolve endpoint");
+            dataplane::lock(&engine).note_error(id, error.clone());
+        }
         let mut attempts_seen = 0;
-        let wait = match resolved {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                backoff = Duration::from_secs(1);
-                let Some(now) = link(&engine, id) else {
-                    return; // the peer is gone
-                };
-                attempts_seen = now.attempts;
-                let failing = now.attempts >= FAILED_ATTEMPTS;
-                let choice = pick(&addrs, now.endpoint, failing);
-                // A link that works keeps its address, DNS or roamed; a new address is used
-                // when nothing is in use yet, or for the next handshake of a link that is not up.
-                let apply = now.endpoint.is_none()
-                    || (now.endpoint != Some(choice)
-                        && (!now.up || now.attempts > 0)
-                        && (now.source != Some(EndpointSource::Learned) || failing));
-                if apply {
-                    match now.endpoint {
-                        None => {
-                            tracing::info!(peer, %endpoint, addr = %choice, "resolved endpoint")
-                        }
-                        Some(old) => tracing::info!(peer, %endpoint, addr = %choice, %old,
-                            attempts = now.attempts, "endpoint now resolves to another address; using it for the next handshake"),
-                    }
-                    dataplane::lock(&engine).set_endpoint(id, choice, EndpointSource::Dns);
+        let wait = if found.is_empty() {
+            // Nothing resolved: the last good address stays in use.
+            let ever = last.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+            let wait = if ever { backoff.min(every()) } else { backoff };
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+            wait
+        } else {
+            backoff = Duration::from_secs(1);
+            let Some(now) = link(&engine, id) else {
+                return; // the peer is gone
+            };
+            attempts_seen = now.attempts;
+            let failing = now.attempts >= FAILED_ATTEMPTS;
+            let addrs: Vec<SocketAddr> = found.iter().map(|(a, _)| *a).collect();
+            let choice = pick(&addrs, now.endpoint, failing);
+            // A link that works keeps its address, DNS or roamed; a new address is used when
+            // nothing is in use yet, or for the next handshake of a link that is not up.
+            let apply = now.endpoint.is_none()
+                || (now.endpoint != Some(choice)
+                    && (!now.up || now.attempts > 0)
+                    && (now.source != Some(EndpointSource::Learned) || failing));
+            let entry_of =
+                |addr: SocketAddr| found.iter().find(|(a, _)| *a == addr).map(|(_, i)| *i);
+            if apply {
+                match now.endpoint {
+                    None => tracing::info!(peer, %endpoint, addr = %choice, "resolved endpoint"),
+                    Some(old) => tracing::info!(peer, %endpoint, addr = %choice, %old,
+                        attempts = now.attempts, "endpoint now resolves to another address; using it for the next handshake"),
                 }
-                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Resolution {
-                    addr: if apply {
-                        choice
-                    } else {
-                        now.endpoint.unwrap_or(choice)
-                    },
-                    at: SystemTime::now(),
-                });
-                Duration::from_secs(interval.load(Ordering::Relaxed).max(1))
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Ok(_)) => format!("dns: {endpoint} has no addresses"),
-                    Ok(Err(e)) => format!("dns: {e}"),
-                    Err(e) => format!("dns: resolver task failed: {e}"),
-                };
-                // The last good address stays in use.
-                tracing::warn!(peer, %endpoint, error, retry_in = ?backoff, "cannot resolve endpoint");
-                dataplane::lock(&engine).note_error(id, error);
-                let wait = if ever {
-                    backoff.min(Duration::from_secs(interval.load(Ordering::Relaxed).max(1)))
+                let from_name = entry_of(choice).is_some_and(|i| endpoints[i].ip().is_none());
+                let source = if from_name {
+                    EndpointSource::Dns
                 } else {
-                    backoff
+                    EndpointSource::Config
                 };
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                wait
+                dataplane::lock(&engine).set_endpoint(id, choice, source);
             }
+            let in_use = if apply {
+                choice
+            } else {
+                now.endpoint.unwrap_or(choice)
+            };
+            let entry = entry_of(in_use).map_or_else(String::new, |i| endpoints[i].to_string());
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Resolution {
+                addr: in_use,
+                at: SystemTime::now(),
+                entry,
+            });
+            every()
         };
         // Wait for the next round, or less if handshakes to the address start failing.
         let until = tokio::time::Instant::now() + wait;

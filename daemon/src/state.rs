@@ -394,7 +394,7 @@ impl State {
                                 engine.set_allowed_endpoints(id, peer.allowed_endpoints.clone());
                             }
                             self.ids.insert(peer.public_key, id);
-                            if needs_dns(peer.endpoint.as_ref()) {
+                            if needs_resolver(peer) {
                                 to_resolve.push((id, Arc::clone(peer)));
                             }
                             summary.peers_added.push(peer.name.clone());
@@ -410,10 +410,12 @@ impl State {
                         };
                         if update_peer(&mut engine, id, before, peer) {
                             summary.peers_changed.push(peer.name.clone());
-                            if before.endpoint != peer.endpoint {
+                            if before.endpoint != peer.endpoint
+                                || before.more_endpoints != peer.more_endpoints
+                            {
                                 // A resolver for the old endpoint must not overwrite the new one.
                                 self.resolvers.remove(&peer.public_key);
-                                if needs_dns(peer.endpoint.as_ref()) {
+                                if needs_resolver(peer) {
                                     to_resolve.push((id, Arc::clone(peer)));
                                 }
                             }
@@ -427,11 +429,14 @@ impl State {
         self.config.peers = old_peers;
         for (id, peer) in to_resolve {
             if let Some(endpoint) = peer.endpoint.clone() {
+                let endpoints = std::iter::once(endpoint)
+                    .chain(peer.more_endpoints.iter().cloned())
+                    .collect();
                 let resolver = dns::Resolver::start(
                     Arc::clone(&self.engine),
                     id,
                     peer.name.clone(),
-                    endpoint,
+                    endpoints,
                     Arc::clone(&self.resolve_interval),
                 );
                 self.resolvers.insert(peer.public_key, resolver);
@@ -498,7 +503,13 @@ impl State {
     /// For a peer with a host-name endpoint: the name and what it resolved to last.
     /// (`None` found yet: still resolving.)
     pub fn resolution(&self, key: &PublicKey) -> Option<(String, Option<dns::Resolution>)> {
-        self.resolvers.get(key).map(|r| (r.name.clone(), r.last()))
+        self.resolvers.get(key).map(|r| {
+            let last = r.last();
+            let name = last
+                .as_ref()
+                .map_or_else(|| r.first.clone(), |l| l.entry.clone());
+            (name, last)
+        })
     }
 
     pub async fn teardown(&mut self) {
@@ -562,6 +573,10 @@ fn update_peer(engine: &mut Engine, id: PeerId, before: &Peer, after: &Peer) -> 
     if before.preshared_key_file != after.preshared_key_file {
         changed = true;
     }
+    if before.more_endpoints != after.more_endpoints {
+        // The resolver for the list is restarted by the caller.
+        changed = true;
+    }
     if before.endpoint != after.endpoint {
         // A configured endpoint change takes effect now; an unchanged one leaves the
         // roamed endpoint alone.
@@ -584,6 +599,7 @@ fn spec(peer: &Peer) -> PeerSpec {
     }
 }
 
-fn needs_dns(endpoint: Option<&Endpoint>) -> bool {
-    endpoint.is_some_and(|e| e.ip().is_none())
+/// A host-name endpoint, or a list of endpoints: kept by a [`dns::Resolver`].
+fn needs_resolver(peer: &Peer) -> bool {
+    peer.endpoint.as_ref().is_some_and(|e| e.ip().is_none()) || !peer.more_endpoints.is_empty()
 }

@@ -797,6 +797,46 @@ fn metrics_listen_is_an_address_or_a_socket_path() {
 }
 
 #[test]
+fn endpoint_may_be_a_list_tried_in_order() {
+    let peer = |endpoint: &str| {
+        format!(
+            "{}\n[[peer]]\nname = \"b\"\npublic-key = \"{}\"\nallowed-ips = []\nendpoint = {endpoint}\n",
+            interface(),
+            new_public()
+        )
+    };
+    let config = parse(&peer("[\"gw-b1.example.net:51820\", \"198.18.0.7:51820\"]")).unwrap();
+    let p = &config.peers[0];
+    assert_eq!(
+        p.endpoint.as_ref().unwrap().to_string(),
+        "gw-b1.example.net:51820"
+    );
+    assert_eq!(p.more_endpoints.len(), 1);
+    assert_eq!(p.more_endpoints[0].to_string(), "198.18.0.7:51820");
+    let single = parse(&peer("\"198.18.0.7:51820\"")).unwrap();
+    assert!(single.peers[0].more_endpoints.is_empty());
+    expect_error(
+        &peer("[]"),
+        8,
+        "peer \"b\": endpoint",
+        &["the list is empty"],
+    );
+    expect_error(
+        &peer("[\"198.18.0.7:51820\", \"198.18.0.7:51820\"]"),
+        8,
+        "peer \"b\": endpoint",
+        &["listed twice"],
+    );
+    expect_error(
+        &peer("[\"198.18.0.7:51820\", \"no-port\"]"),
+        8,
+        "peer \"b\": endpoint",
+        &["\"no-port\""],
+    );
+    expect_error(&peer("7"), 8, "peer \"b\": endpoint", &["host:port"]);
+}
+
+#[test]
 fn allowed_endpoints_are_networks() {
     let peer = |extra: &str| {
         format!(
@@ -1418,6 +1458,7 @@ fn validate_accepts_a_loaded_config_and_valid_changes() {
         allowed_ips: vec![cidr("198.19.4.0/24"), cidr("fd19:4::/64")],
         persistent_keepalive: Some(65535),
         allowed_endpoints: Vec::new(),
+        more_endpoints: Vec::new(),
     }));
     config.interface.listen_port = None;
     config.interface.control_group = None;

@@ -67,12 +67,13 @@ fn assert_same_peers(a: &[Arc<Peer>], b: &[Arc<Peer>]) {
             .iter()
             .map(|p| {
                 format!(
-                    "{} {} psk={:?} file={:?} endpoint={:?} allowed={:?} keepalive={:?}",
+                    "{} {} psk={:?} file={:?} endpoint={:?} {:?} allowed={:?} keepalive={:?}",
                     p.name,
                     p.public_key,
                     p.preshared_key.as_ref().map(|k| k.expose_base64()),
                     p.preshared_key_file,
                     p.endpoint,
+                    p.more_endpoints,
                     p.allowed_ips,
                     p.persistent_keepalive
                 )
@@ -163,6 +164,7 @@ fn keeps_comments_and_untouched_peers() {
         allowed_ips: cidrs(&["198.19.5.0/24", "fd19:5::/64"]),
         persistent_keepalive: Some(25),
         allowed_endpoints: Vec::new(),
+        more_endpoints: Vec::new(),
     }));
     config.save().unwrap();
 
@@ -357,6 +359,7 @@ fn peers_are_added_to_a_file_without_any() {
                 allowed_ips: cidrs(&[ips]),
                 persistent_keepalive: None,
                 allowed_endpoints: Vec::new(),
+                more_endpoints: Vec::new(),
             }));
         }
         config.save().unwrap();
@@ -742,5 +745,28 @@ fn unwritable_directory_is_reported_with_the_path() {
             .to_string()
             .contains(&dir.path("missing-dir").display().to_string()),
         "{error}"
+    );
+}
+
+#[test]
+fn an_endpoint_list_is_saved_as_a_list() {
+    let dir = Dir::new();
+    let (b, c, d) = (public(), public(), public());
+    let path = dir.write("sl0.toml", &commented_config(&dir, &b, &c, &d), 0o640);
+    let mut config = Config::load(&path).unwrap();
+    config.peer_mut(0).more_endpoints = vec!["198.51.100.9:51820".parse().unwrap()];
+    config.save().unwrap();
+    let saved = assert_round_trip(&config);
+    assert!(
+        saved.contains("endpoint = [\"gw-b.example.net:51820\", \"198.51.100.9:51820\"]"),
+        "{saved}"
+    );
+    // Back to one endpoint: a plain string again.
+    config.peer_mut(0).more_endpoints.clear();
+    config.save().unwrap();
+    let saved = assert_round_trip(&config);
+    assert!(
+        saved.contains("endpoint = \"gw-b.example.net:51820\""),
+        "{saved}"
     );
 }
