@@ -307,6 +307,15 @@ fn host_name_endpoint_follows_the_name_when_the_peer_moves() {
         .gw_a
         .ip(&["route", "add", "blackhole", "198.18.0.2/32"]);
     let started = std::time::Instant::now();
+    // Sends to the blackholed address fail at once, and the peer's record says so.
+    assert!(!sites
+        .host_a
+        .ping_until("198.19.2.10", Duration::from_secs(2)));
+    let error = peer("last_error")["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(error.starts_with("send: "), "last_error: {error}");
     assert!(
         sites
             .host_a

@@ -136,7 +136,7 @@ impl DataPlane {
             gso: Gso::default(),
             out: TunBatch::default(),
             gro: GROTable::default(),
-            stale: Vec::new(),
+            stale: SendNotes::default(),
             mss_clamp: &self.mss_clamp,
         };
         let mut bufs = Buffers::new();
@@ -255,8 +255,8 @@ struct Io<'a> {
     gso: Gso,
     out: TunBatch,
     gro: GROTable,
-    /// Sends whose sticky source address had gone: (destination, source), for the engine.
-    stale: Vec<(SocketAddr, IpAddr)>,
+    /// What sends found out (gone sticky sources, send errors), for the engine.
+    stale: SendNotes,
     mss_clamp: &'a AtomicU16,
 }
 
@@ -287,12 +287,9 @@ impl Io<'_> {
         );
     }
 
-    /// Tells the engine about sticky source addresses that turned out to be gone.
+    /// Tells the engine what sends found out (gone sticky sources, send errors).
     fn report_stale(&mut self, engine: &mut Engine) {
-        for (dst, src) in self.stale.drain(..) {
-            tracing::info!(%dst, %src, "local address gone; replies go from the kernel's choice until the peer's next packet");
-            engine.forget_source(dst, src);
-        }
+        self.stale.report(engine);
     }
     /// One TUN read (possibly a super-packet) through the engine to the network.
     /// Returns whether there was anything to read.
@@ -498,14 +495,47 @@ impl Gso {
         self.count += 1;
     }
 
-    fn flush(&mut self, udp: &Udp, state: &UdpSocketState, stale: &mut Vec<(SocketAddr, IpAddr)>) {
+    fn flush(&mut self, udp: &Udp, state: &UdpSocketState, notes: &mut SendNotes) {
         if let (Some(dst), true) = (self.dst, self.count > 0) {
             let segment = (self.count > 1).then_some(self.segment);
-            send(udp, state, (dst, self.src), &self.buf, segment, stale);
+            send(udp, state, (dst, self.src), &self.buf, segment, notes);
         }
         self.buf.clear();
         self.count = 0;
         self.dst = None;
+    }
+}
+
+/// What sends found out, for the engine: sticky sources that had gone, and destinations a
+/// send failed to (with the error), at most one entry per destination.
+#[derive(Default)]
+pub(crate) struct SendNotes {
+    pub stale: Vec<(SocketAddr, IpAddr)>,
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+impl SendNotes {
+    pub fn is_empty(&self) -> bool {
+        self.stale.is_empty() && self.failed.is_empty()
+    }
+
+    /// Hands the notes to the engine: sticky sources forgotten, send errors on the peers'
+    /// records (`last_error` "send: ...").
+    pub fn report(&mut self, engine: &mut Engine) {
+        for (dst, src) in self.stale.drain(..) {
+            tracing::info!(%dst, %src, "local address gone; replies go from the kernel's choice until the peer's next packet");
+            engine.forget_source(dst, src);
+        }
+        for (dst, error) in self.failed.drain(..) {
+            engine.note_send_error(dst, &error);
+        }
+    }
+
+    fn send_failed(&mut self, dst: SocketAddr, error: &io::Error) {
+        // Bounded: a batch of failing sends to many peers notes the first 64.
+        if self.failed.len() < 64 && !self.failed.iter().any(|(d, _)| *d == dst) {
+            self.failed.push((dst, error.to_string()));
+        }
     }
 }
 
@@ -519,7 +549,7 @@ pub(crate) fn send(
     to: (SocketAddr, Option<IpAddr>),
     contents: &[u8],
     segment_size: Option<usize>,
-    stale: &mut Vec<(SocketAddr, IpAddr)>,
+    notes: &mut SendNotes,
 ) {
     let (dst, mut src) = to;
     // A source the kernel found no route from, retried without it: stale if that works.
@@ -535,7 +565,7 @@ pub(crate) fn send(
         };
         match state.try_send((&udp.socket).into(), &transmit) {
             Ok(()) => {
-                stale.extend(unroutable.map(|gone| (dst, gone)));
+                notes.stale.extend(unroutable.map(|gone| (dst, gone)));
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -555,7 +585,7 @@ pub(crate) fn send(
                     && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL)) =>
             {
                 if let Some(gone) = src.take() {
-                    stale.push((dst, gone));
+                    notes.stale.push((dst, gone));
                 }
             }
             // Our address left together with its subnet's route (a WAN renumbered): the
@@ -571,6 +601,7 @@ pub(crate) fn send(
             }
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "UDP send failed");
+                notes.send_failed(dst, &e);
                 return;
             }
         }

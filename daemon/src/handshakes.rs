@@ -271,12 +271,9 @@ pub fn run(
             sender = Some((current, state));
         }
         if let Some((udp, state)) = &sender {
-            let stale = out.send(udp, state);
-            if !stale.is_empty() {
-                let mut engine = lock(&engine);
-                for (dst, src) in stale {
-                    engine.forget_source(dst, src);
-                }
+            let mut notes = out.send(udp, state);
+            if !notes.is_empty() {
+                notes.report(&mut lock(&engine));
             }
         }
     }
@@ -294,12 +291,12 @@ impl Outbox {
         self.items.push((dst, src, payload.to_vec()));
     }
 
-    /// Sends everything; returns the sticky sources that turned out to be gone.
-    fn send(&mut self, udp: &Udp, state: &UdpSocketState) -> Vec<(SocketAddr, IpAddr)> {
-        let mut stale = Vec::new();
+    /// Sends everything; returns what the sends found out (gone sources, errors).
+    fn send(&mut self, udp: &Udp, state: &UdpSocketState) -> dataplane::SendNotes {
+        let mut notes = dataplane::SendNotes::default();
         for (dst, src, payload) in self.items.drain(..) {
-            dataplane::send(udp, state, (dst, src), &payload, None, &mut stale);
+            dataplane::send(udp, state, (dst, src), &payload, None, &mut notes);
         }
-        stale
+        notes
     }
 }

@@ -99,6 +99,8 @@ const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
 pub(crate) const TYPE_HANDSHAKE_INIT: u8 = 1;
 const TYPE_HANDSHAKE_RESP: u8 = 2;
+/// Send errors recorded on peers per second at most (each is a scan of the peers).
+const SEND_ERRORS_PER_SECOND: u32 = 10;
 const TYPE_COOKIE_REPLY: u8 = 3;
 const TYPE_DATA: u8 = 4;
 const COOKIE_REPLY_LEN: usize = 64;
@@ -297,6 +299,9 @@ pub struct Engine {
     timer_queue: Vec<PeerId>,
     counters: Counters,
     log: LogLimiter,
+    /// Send errors noted in the current second (start, count): at most
+    /// [`SEND_ERRORS_PER_SECOND`] scans of the peers a second.
+    send_errors: (Option<Instant>, u32),
 }
 
 impl Engine {
@@ -314,6 +319,7 @@ impl Engine {
             timer_queue: Vec::new(),
             counters: Counters::default(),
             log: LogLimiter::default(),
+            send_errors: (None, 0),
         }
     }
 
@@ -417,6 +423,29 @@ impl Engine {
         }
         if let Some(peer) = self.peers.get_mut(id) {
             peer.allowed_ips = allowed_ips;
+        }
+    }
+
+    /// A send to `dst` failed with `error` (reported by the daemon): recorded as the
+    /// `last_error` ("send: ...") of the peers whose endpoint it is. Linear in the number of
+    /// peers; the daemon reports at most one failure per destination and batch, and at most
+    /// [`SEND_ERRORS_PER_SECOND`] are recorded a second.
+    pub fn note_send_error(&mut self, dst: SocketAddr, error: &str) {
+        let now = self.clock.0;
+        match &mut self.send_errors {
+            (Some(start), n) if now < *start + Duration::from_secs(1) => {
+                if *n >= SEND_ERRORS_PER_SECOND {
+                    return;
+                }
+                *n += 1;
+            }
+            window => *window = (Some(now), 1),
+        }
+        for id in self.peers.ids() {
+            if let Some(peer) = self.peers.get_mut(id).filter(|p| p.endpoint == Some(dst)) {
+                peer.health
+                    .error(health::Reason::Other(format!("send: {error}")), now);
+            }
         }
     }
 

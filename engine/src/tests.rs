@@ -1534,3 +1534,21 @@ fn retries_over_a_dead_link_are_not_handshakes() {
     assert!(a.last_handshake > Some(handshake), "no new handshake");
     assert_eq!((a.health.state, a.health.attempts), (LinkState::Up, 0));
 }
+
+#[test]
+fn send_errors_are_the_last_error_of_the_peer_at_that_endpoint() {
+    let mut p = pair(None);
+    let b_addr = p.b.addr;
+    p.a.engine
+        .note_send_error(b_addr, "Network is unreachable (os error 101)");
+    let e = p.status_a().health.last_error.expect("recorded");
+    assert_eq!(
+        e.reason.text(),
+        "send: Network is unreachable (os error 101)"
+    );
+    assert_eq!(e.reason.label(), "send");
+    // Another destination: nobody's error.
+    p.b.engine
+        .note_send_error("198.18.9.9:1".parse().unwrap(), "whatever");
+    assert_eq!(p.status_b().health.last_error, None);
+}
