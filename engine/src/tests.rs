@@ -1552,3 +1552,24 @@ fn send_errors_are_the_last_error_of_the_peer_at_that_endpoint() {
         .note_send_error("198.18.9.9:1".parse().unwrap(), "whatever");
     assert_eq!(p.status_b().health.last_error, None);
 }
+
+/// Preshared keys that differ: B answers A's initiation, A's check of the response fails,
+/// and A's record says bad mac (with the hint about preshared keys).
+#[test]
+fn a_preshared_key_mismatch_shows_as_bad_mac() {
+    use crate::health::{LinkState, Reason};
+    let mut p = pair(None);
+    let b_at_a = p.status_a().id;
+    p.a.engine
+        .set_preshared_key(b_at_a, Some(PresharedKey::from_bytes([7; 32])));
+    p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"1"));
+    p.settle();
+    let a = p.status_a().health;
+    assert_eq!(
+        a.last_error.as_ref().map(|e| e.reason.clone()),
+        Some(Reason::BadMac)
+    );
+    assert!(Reason::BadMac.hint().contains("preshared key"));
+    assert_ne!(a.state, LinkState::Up);
+    assert_eq!(p.status_a().last_handshake, None);
+}
