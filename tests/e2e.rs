@@ -334,6 +334,19 @@ fn host_name_endpoint_follows_the_name_when_the_peer_moves() {
         "{}",
         gw_a.log_text()
     );
+    // The failed sends made quinn-udp turn UDP GSO off; the packet loop probed it back.
+    let log = gw_a.log_text();
+    let reprobe = log
+        .lines()
+        .find(|l| l.contains("UDP GSO was turned off by a failed send"))
+        .unwrap_or_else(|| panic!("GSO never probed again:\n{log}"));
+    let segments: usize = reprobe
+        .split("segments=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no segment count in: {reprobe}"));
+    assert!(segments > 1, "GSO not back: {reprobe}");
 }
 
 /// Hosts on LANs with MTU 1500 and ICMP "fragmentation needed" / "packet too big" filtered (a

@@ -127,7 +127,10 @@ impl DataPlane {
         self.tun.set_nonblocking(true)?;
         self.wake.set_nonblocking(true)?;
         let state = UdpSocketState::new((&self.udp.socket).into())?;
+        let gso_segments = state.max_gso_segments();
         let mut io = Io {
+            gso_segments,
+            gso_probed: None,
             tun: &self.tun,
             udp: self.udp,
             handshakes: &self.handshakes,
@@ -258,13 +261,42 @@ struct Io<'a> {
     /// What sends found out (gone sticky sources, send errors), for the engine.
     stale: SendNotes,
     mss_clamp: &'a AtomicU16,
+    /// The GSO segments the socket supported when probed. quinn-udp turns GSO off for good
+    /// after any EINVAL or EIO from sendmsg, which a blackholed route also gives: then the
+    /// socket state is probed again (at most every [`GSO_REPROBE`]).
+    gso_segments: usize,
+    gso_probed: Option<Instant>,
 }
 
+/// How often a socket whose GSO was turned off by a failed send is probed again.
+const GSO_REPROBE: Duration = Duration::from_secs(5);
+
 impl Io<'_> {
+    /// Probes GSO again if a failed send turned it off (see `gso_segments`).
+    fn restore_gso(&mut self) {
+        if self.state.max_gso_segments() >= self.gso_segments
+            || self.gso_probed.is_some_and(|t| t.elapsed() < GSO_REPROBE)
+        {
+            return;
+        }
+        self.gso_probed = Some(Instant::now());
+        match UdpSocketState::new((&self.udp.socket).into()) {
+            Ok(state) => {
+                tracing::debug!(
+                    segments = state.max_gso_segments(),
+                    "UDP GSO was turned off by a failed send; probed the socket again"
+                );
+                self.state = state;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot probe the UDP socket again"),
+        }
+    }
+
     /// Switches to a new UDP socket; the old one closes when dropped here.
     fn use_socket(&mut self, udp: Udp) -> io::Result<()> {
         let udp = Arc::new(udp);
         self.state = UdpSocketState::new((&udp.socket).into())?;
+        self.gso_segments = self.state.max_gso_segments();
         *self.socket_slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&udp);
         let old = std::mem::replace(&mut self.udp, udp);
         tracing::info!(
@@ -337,6 +369,8 @@ impl Io<'_> {
         self.gso.flush(&self.udp, &self.state, &mut self.stale);
         self.drain_engine(&mut engine, &mut b.scratch);
         note_deadline(&engine, next_tick);
+        drop(engine);
+        self.restore_gso();
         Ok(true)
     }
 
