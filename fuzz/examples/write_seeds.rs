@@ -529,6 +529,8 @@ fn engine_seeds(dir: &Path) {
             "engine seed {name}: {} decrypted packets (no session start)",
             w.tunnel_out
         );
+        // The seeds are what the fuzzer starts from: each runs to its end.
+        assert!(!w.spent(), "seed {name} spends the handshake budget");
         if *name == "loaded-handshake" {
             assert!(
                 w.gate_counters(1).cookie_replies > 0,
@@ -545,6 +547,7 @@ fn engine_seeds(dir: &Path) {
             "engine seed {name}: {} decrypted packets (session start)",
             w.tunnel_out
         );
+        assert!(!w.spent(), "seed {name} spends the handshake budget (session start)");
         write(dir, "engine_datagram_session", name, &input);
     }
 }
