@@ -83,7 +83,30 @@ pub struct Interface {
     pub resolve_interval: u32,
     /// `mss-clamp` (default true): TCP SYNs through the tunnel get an MSS that fits `mtu`.
     pub mss_clamp: bool,
+    /// `route-protocol`: the protocol number on every route sitelinkd installs (default
+    /// [`DEFAULT_ROUTE_PROTOCOL`], "sitelink"), what a routing daemon selects them by.
+    pub route_protocol: u8,
+    /// `withdraw-when-down` (default false): a peer's routes (kernel and cryptokey routing)
+    /// are withdrawn while it is down, and come back `up-after` seconds after it is up again.
+    pub withdraw_when_down: bool,
+    /// `down-after`: seconds without an authenticated packet after which a peer is down.
+    /// `None`: per peer, 3 × its persistent-keepalive + 5 (180 + 15 without one).
+    pub down_after: Option<u32>,
+    /// `up-after` (default [`DEFAULT_UP_AFTER`]): seconds after a handshake, with the peer's
+    /// packets still arriving, before it is up again (hold-down against flapping).
+    pub up_after: u32,
+    /// `on-peer-up` / `on-peer-down`: shell commands run when a peer goes up or down
+    /// (`$1` the peer's name, `$2` "up" or "down"; environment `SITELINK_*`).
+    pub on_peer_up: Option<String>,
+    pub on_peer_down: Option<String>,
 }
+
+/// Routes sitelinkd installs carry this protocol number unless `route-protocol` says
+/// otherwise: 52, unused by iproute2's list, named "sitelink" by the package's
+/// `/etc/iproute2/rt_protos.d/sitelink.conf`.
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 52;
+/// Seconds of hold-down before a peer that came back is up again, unless `up-after` says.
+pub const DEFAULT_UP_AFTER: u32 = 3;
 
 /// Host-name endpoints are resolved again this often (seconds) unless `resolve-interval` says.
 pub const DEFAULT_RESOLVE_INTERVAL: u32 = 60;
@@ -303,6 +326,8 @@ impl Config {
             }
             if let Some(seconds) = peer.persistent_keepalive {
                 check_keepalive(seconds.into()).map_err(|m| err("persistent-keepalive", m))?;
+            } else if self.interface.withdraw_when_down {
+                return Err(err("persistent-keepalive", NEEDS_KEEPALIVE.into()));
             }
             taken.add_peer(Cow::Borrowed(&peer.name), peer.public_key, index);
         }
@@ -454,10 +479,16 @@ struct RawInterface {
     control_group: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     fwmark: Option<Spanned<Int>>,
-    table: Option<Spanned<RawTable>>,
+    table: Option<Spanned<Typed<TableWords>>>,
     metrics_listen: Option<Spanned<String>>,
     resolve_interval: Option<Spanned<Int>>,
     mss_clamp: Option<bool>,
+    route_protocol: Option<Spanned<Typed<ProtocolWords>>>,
+    withdraw_when_down: Option<bool>,
+    down_after: Option<Spanned<Int>>,
+    up_after: Option<Spanned<Int>>,
+    on_peer_up: Option<Spanned<String>>,
+    on_peer_down: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -512,31 +543,46 @@ enum RawEndpoints {
     Many(Vec<String>),
 }
 
-/// `table`: a word (`"auto"`, `"off"`) or a table number, checked by [`parse_table`].
-enum RawTable {
+/// A word or a number (`table`, `route-protocol`), checked later (e.g. by [`parse_table`]).
+pub(crate) enum WordOrNumber {
     Word(String),
     Number(i128),
 }
 
-impl<'de> Deserialize<'de> for RawTable {
+/// A [`WordOrNumber`] read from the file; `W` says what serde's type error expects.
+struct Typed<W>(WordOrNumber, std::marker::PhantomData<W>);
+
+trait Expecting {
+    const WHAT: &'static str;
+}
+struct TableWords;
+impl Expecting for TableWords {
+    const WHAT: &'static str = "\"auto\", \"off\" or a routing table number";
+}
+struct ProtocolWords;
+impl Expecting for ProtocolWords {
+    const WHAT: &'static str = "a route protocol number (0-255) or name";
+}
+
+impl<'de, W: Expecting> Deserialize<'de> for Typed<W> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = RawTable;
+        struct Visitor<W>(std::marker::PhantomData<W>);
+        impl<W: Expecting> serde::de::Visitor<'_> for Visitor<W> {
+            type Value = Typed<W>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"auto\", \"off\" or a routing table number")
+                f.write_str(W::WHAT)
             }
-            fn visit_str<E>(self, v: &str) -> Result<RawTable, E> {
-                Ok(RawTable::Word(v.to_owned()))
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Typed(WordOrNumber::Word(v.to_owned()), self.0))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<RawTable, E> {
-                Ok(RawTable::Number(v.into()))
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Typed(WordOrNumber::Number(v.into()), self.0))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<RawTable, E> {
-                Ok(RawTable::Number(v.into()))
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Typed(WordOrNumber::Number(v.into()), self.0))
             }
         }
-        deserializer.deserialize_any(Visitor)
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
     }
 }
 
@@ -581,6 +627,18 @@ fn parse_config(
             earlier,
             &mut inline_secret,
         )?;
+        if interface.withdraw_when_down && peer.persistent_keepalive.is_none() {
+            let scope = Scope::Peer {
+                index,
+                name: Some(peer.name.clone()),
+            };
+            return Err(source.error(
+                lines.name..lines.name + 1,
+                scope,
+                "persistent-keepalive",
+                NEEDS_KEEPALIVE.to_string(),
+            ));
+        }
         taken.add_peer(Cow::Owned(peer.name.clone()), peer.public_key, index);
         peers.push(Arc::new(peer));
         seen.push(lines);
@@ -786,9 +844,8 @@ fn build_interface(
 
     let table = match &raw.table {
         None => RouteTable::Auto,
-        Some(table) => {
-            parse_table(table.get_ref()).map_err(|message| err(table.span(), "table", message))?
-        }
+        Some(table) => parse_table(&table.get_ref().0)
+            .map_err(|message| err(table.span(), "table", message))?,
     };
 
     let metrics_listen = match &raw.metrics_listen {
@@ -814,6 +871,52 @@ fn build_interface(
         })?,
     };
 
+    let route_protocol = match &raw.route_protocol {
+        None => DEFAULT_ROUTE_PROTOCOL,
+        Some(p) => crate::protocols::parse(&p.get_ref().0)
+            .map_err(|message| err(p.span(), "route-protocol", message))?,
+    };
+    let seconds = |value: &Option<Spanned<Int>>, key: &str, range: Range<i128>, default: &str| {
+        value
+            .as_ref()
+            .map(|v| {
+                in_range::<u32>(v.get_ref().0, range.clone()).ok_or_else(|| {
+                    err(
+                        v.span(),
+                        key,
+                        format!(
+                            "{} is out of range; use {}-{} seconds ({default})",
+                            v.get_ref().0,
+                            range.start,
+                            range.end - 1
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let down_after = seconds(
+        &raw.down_after,
+        "down-after",
+        1..3601,
+        "default: 3 × the peer's persistent-keepalive + 5",
+    )?;
+    let up_after =
+        seconds(&raw.up_after, "up-after", 0..3601, "default: 3")?.unwrap_or(DEFAULT_UP_AFTER);
+    let command = |value: &Option<Spanned<String>>, key: &str| match value {
+        None => Ok(None),
+        Some(c) if c.get_ref().trim().is_empty() => Err(err(
+            c.span(),
+            key,
+            "the command is empty; give a command line (run by /bin/sh -c, with the peer's name \
+             as $1 and \"up\" or \"down\" as $2), or remove the key"
+                .into(),
+        )),
+        Some(c) => Ok(Some(c.get_ref().clone())),
+    };
+    let on_peer_up = command(&raw.on_peer_up, "on-peer-up")?;
+    let on_peer_down = command(&raw.on_peer_down, "on-peer-down")?;
+
     Ok(Interface {
         name,
         private_key,
@@ -827,6 +930,12 @@ fn build_interface(
         metrics_listen,
         resolve_interval,
         mss_clamp: raw.mss_clamp.unwrap_or(true),
+        route_protocol,
+        withdraw_when_down: raw.withdraw_when_down.unwrap_or(false),
+        down_after,
+        up_after,
+        on_peer_up,
+        on_peer_down,
     })
 }
 
@@ -855,12 +964,12 @@ fn check_fwmark(mark: i128) -> Result<u32, String> {
 const TABLE_RULE: &str = "use \"auto\" (the default: main table, a default route in its own table \
      with policy rules), \"off\" (no routes), or a table number 1-4294967295 other than 255";
 
-fn parse_table(raw: &RawTable) -> Result<RouteTable, String> {
+fn parse_table(raw: &WordOrNumber) -> Result<RouteTable, String> {
     let table = match raw {
-        RawTable::Word(w) if w == "auto" => RouteTable::Auto,
-        RawTable::Word(w) if w == "off" => RouteTable::Off,
-        RawTable::Word(w) => return Err(format!("{w:?} is not a table; {TABLE_RULE}")),
-        RawTable::Number(n) => match in_range::<u32>(*n, 1..(1 << 32)) {
+        WordOrNumber::Word(w) if w == "auto" => RouteTable::Auto,
+        WordOrNumber::Word(w) if w == "off" => RouteTable::Off,
+        WordOrNumber::Word(w) => return Err(format!("{w:?} is not a table; {TABLE_RULE}")),
+        WordOrNumber::Number(n) => match in_range::<u32>(*n, 1..(1 << 32)) {
             Some(n) => RouteTable::Id(n),
             None => return Err(format!("{n} is out of range; {TABLE_RULE}")),
         },
@@ -1247,6 +1356,12 @@ fn build_peer(
     };
     Ok((peer, lines))
 }
+
+/// Why a peer needs a keepalive when routes follow liveness.
+const NEEDS_KEEPALIVE: &str = "missing, and withdraw-when-down is on ([interface]): a peer's \
+    liveness is judged from the packets it sends, and a peer without a keepalive would never \
+    handshake again once its routes are withdrawn; set persistent-keepalive (e.g. 5) here and \
+    on the other side, or turn withdraw-when-down off";
 
 /// Peer names appear in logs, status output and metrics labels: keep them plain.
 pub(crate) fn check_peer_name(name: &str) -> Result<(), String> {

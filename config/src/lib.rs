@@ -40,6 +40,7 @@ mod error;
 mod index;
 mod key;
 mod name;
+pub mod protocols;
 pub mod save;
 pub mod uapi;
 pub mod wgquick;
@@ -49,7 +50,7 @@ use std::path::PathBuf;
 pub use cidr::{Cidr, CidrError};
 pub use config::{
     has_default_route, load_preshared_key_file, Config, Interface, MetricsListen, Peer, RouteTable,
-    DEFAULT_TABLE,
+    DEFAULT_ROUTE_PROTOCOL, DEFAULT_TABLE, DEFAULT_UP_AFTER,
 };
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;

@@ -46,12 +46,14 @@
 
 pub mod handshake;
 pub mod health;
+pub mod liveness;
 mod log_limit;
 pub mod peers;
 pub mod routing;
 mod session;
 mod timers;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -65,6 +67,7 @@ use boringtun::x25519;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 
 use crate::health::{EndpointSource, Health, LinkState};
+use crate::liveness::{Event, EventKind, Live, Liveness, Verdict};
 use crate::log_limit::{LogKind, LogLimiter};
 pub use crate::peers::PeerId;
 use crate::peers::{Peer, Peers};
@@ -200,6 +203,18 @@ pub struct PeerInfo<N, A> {
     pub session: bool,
     /// Its link state and what went wrong last.
     pub health: HealthInfo,
+    /// Whether it is up for routing ([`liveness`]).
+    pub liveness: LivenessInfo,
+}
+
+/// A peer's [`liveness`] as status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessInfo {
+    /// "up", "hold-down" or "down".
+    pub state: &'static str,
+    pub since: SystemTime,
+    /// Its prefixes are out of the routing table (`withdraw-when-down`).
+    pub withdrawn: bool,
 }
 
 /// A peer's [`health`] as status reports it, in wall-clock time.
@@ -246,6 +261,7 @@ impl PeerView<'_> {
             up: self.up,
             session: self.session,
             health: self.health.clone(),
+            liveness: self.liveness,
         }
     }
 }
@@ -302,6 +318,16 @@ pub struct Engine {
     /// Send errors noted in the current second (start, count): at most
     /// [`SEND_ERRORS_PER_SECOND`] scans of the peers a second.
     send_errors: (Option<Instant>, u32),
+    /// `down-after`, `up-after`, `withdraw-when-down`.
+    policy: liveness::Policy,
+    /// When peers' liveness is checked next (see [`liveness`]).
+    live_checks: Deadlines,
+    /// Events not yet collected by [`Engine::take_events`], and how many were dropped
+    /// because nobody collected them.
+    events: VecDeque<Event>,
+    events_lost: u64,
+    /// Called when an event is queued (the daemon wakes its event task).
+    waker: Option<Box<dyn Fn() + Send>>,
 }
 
 impl Engine {
@@ -320,6 +346,149 @@ impl Engine {
             counters: Counters::default(),
             log: LogLimiter::default(),
             send_errors: (None, 0),
+            policy: liveness::Policy::default(),
+            live_checks: Deadlines::default(),
+            events: VecDeque::new(),
+            events_lost: 0,
+            waker: None,
+        }
+    }
+
+    /// Sets `down-after`, `up-after` and `withdraw-when-down`. Turning withdrawal on takes the
+    /// prefixes of every peer that is not up out of the routing table; turning it off puts
+    /// them back. Peers that are up stay up; the new down-after applies from their next check.
+    pub fn set_liveness(&mut self, policy: liveness::Policy) {
+        self.policy = policy;
+        for id in self.peers.ids() {
+            let up = self.peers.get(id).is_some_and(|p| p.liveness.is_up());
+            self.set_withdrawn(id, policy.withdraw && !up);
+        }
+    }
+
+    /// Events since the last call, oldest first, and how many were lost before this call
+    /// because more than [`liveness::MAX_EVENTS`] waited.
+    pub fn take_events(&mut self) -> (Vec<Event>, u64) {
+        let lost = std::mem::take(&mut self.events_lost);
+        (self.events.drain(..).collect(), lost)
+    }
+
+    /// `wake` is called (under the engine's lock: it must not block) whenever an event is
+    /// queued.
+    pub fn set_event_waker(&mut self, wake: Box<dyn Fn() + Send>) {
+        self.waker = Some(wake);
+    }
+
+    fn push_event(&mut self, id: PeerId, now: Instant, kind: EventKind) {
+        let Some(peer) = self.peers.get(id) else {
+            return;
+        };
+        let event = Event {
+            at: self.wall_at(now),
+            peer: peer.name.clone(),
+            public_key: peer.public_key,
+            kind,
+        };
+        if self.events.len() == liveness::MAX_EVENTS {
+            self.events.pop_front();
+            self.events_lost += 1;
+        }
+        self.events.push_back(event);
+        if let Some(wake) = &self.waker {
+            wake();
+        }
+    }
+
+    /// Takes a peer's prefixes out of the routing table (`true`) or puts them back.
+    fn set_withdrawn(&mut self, id: PeerId, withdrawn: bool) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.liveness.withdrawn == withdrawn {
+            return;
+        }
+        peer.liveness.withdrawn = withdrawn;
+        let routes = Arc::make_mut(&mut self.routes);
+        for cidr in &peer.allowed_ips {
+            if withdrawn {
+                routes.remove_if(cidr.network(), id);
+            } else {
+                routes.insert(cidr.network(), id);
+            }
+        }
+    }
+
+    /// Puts a peer's liveness check in the heap for `at`.
+    fn schedule_check(&mut self, id: PeerId, at: Instant) {
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.liveness.check_at = Some(at);
+            self.live_checks.schedule(id, at);
+        }
+    }
+
+    /// An authenticated packet from `id` arrived at `now` (completing a `handshake` or not): a
+    /// down peer starts its hold-down (a handshake, or packets of a session that outlived a
+    /// short outage), and a handshake is an event. Per packet: one comparison.
+    fn liveness_heard(&mut self, id: PeerId, now: Instant, handshake: bool) {
+        let until = now + self.policy.up_after;
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let start = peer.liveness.live == Live::Down;
+        if start {
+            peer.liveness.live = Live::HoldDown { until };
+            peer.liveness.since = now;
+        }
+        if handshake {
+            self.push_event(id, now, EventKind::Handshake);
+        }
+        if start {
+            self.schedule_check(id, until);
+        }
+    }
+
+    /// Runs the liveness checks that are due.
+    fn check_liveness(&mut self, now: Instant) {
+        while let Some((at, id)) = self.live_checks.pop(now) {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            if peer.liveness.check_at != Some(at) {
+                continue;
+            }
+            peer.liveness.check_at = None;
+            let down_after = self.policy.down_after(peer.keepalive);
+            match liveness::check(
+                peer.liveness.live,
+                now,
+                peer.health.last_received,
+                down_after,
+            ) {
+                Verdict::Wait(None) => {}
+                Verdict::Wait(Some(next)) => self.schedule_check(id, next),
+                Verdict::Up(next) => {
+                    peer.liveness.live = Live::Up;
+                    peer.liveness.since = now;
+                    tracing::info!(peer = %peer.name, key = %peer.public_key.short(), "peer up (routes in place)");
+                    self.set_withdrawn(id, false);
+                    self.push_event(id, now, EventKind::Up);
+                    self.schedule_check(id, next);
+                }
+                Verdict::StillDown => {
+                    peer.liveness.live = Live::Down;
+                    peer.liveness.since = now;
+                }
+                Verdict::Down(silent) => {
+                    peer.liveness.live = Live::Down;
+                    peer.liveness.since = now;
+                    tracing::warn!(peer = %peer.name, key = %peer.public_key.short(),
+                        silent_s = silent.as_secs(), withdraw = self.policy.withdraw,
+                        "peer down: no authenticated packet within down-after");
+                    if self.policy.withdraw {
+                        self.set_withdrawn(id, true);
+                    }
+                    self.push_event(id, now, EventKind::Down { silent });
+                }
+            }
         }
     }
 
@@ -386,7 +555,12 @@ impl Engine {
             session: None,
             due: None,
             created: 0,
+            liveness: Liveness::new(self.clock.0),
         });
+        if let Some(peer) = self.peers.get_mut(id) {
+            // Down until its first handshake: with withdrawal on, no routes until then.
+            peer.liveness.withdrawn = self.policy.withdraw;
+        }
         self.set_allowed_ips(id, spec.allowed_ips);
         self.wake_always_on(id);
         Ok(id)
@@ -406,6 +580,7 @@ impl Engine {
             return;
         };
         let old = std::mem::take(&mut peer.allowed_ips);
+        let withdrawn = peer.liveness.withdrawn;
         let routes = Arc::make_mut(&mut self.routes);
         for cidr in old {
             routes.remove_if(cidr.network(), id);
@@ -414,6 +589,11 @@ impl Engine {
         for cidr in &allowed_ips {
             if let Some(other) = routes.insert(cidr.network(), id).filter(|o| *o != id) {
                 moved_from.push((other, cidr.network()));
+            }
+            // A withdrawn peer takes a prefix from another (it moves, as in WireGuard) but
+            // does not route it until it is up.
+            if withdrawn {
+                routes.remove(cidr.network());
             }
         }
         for (other, cidr) in moved_from {
@@ -535,10 +715,16 @@ impl Engine {
     /// from a previous run), saying where it came from. The sticky local address belonged to
     /// the old endpoint and is forgotten.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: SocketAddr, source: EndpointSource) {
+        let mut changed = false;
         if let Some(peer) = self.peers.get_mut(id) {
+            changed = peer.endpoint != Some(endpoint);
             peer.endpoint = Some(endpoint);
             peer.local = None;
             peer.health.endpoint_source = Some(source);
+        }
+        if changed {
+            let now = self.clock.0;
+            self.push_event(id, now, EventKind::Endpoint { endpoint });
         }
         self.wake_always_on(id);
     }
@@ -643,6 +829,15 @@ impl Engine {
             up: p.up,
             session: p.session.is_some(),
             health: self.health_info(p),
+            liveness: LivenessInfo {
+                state: match p.liveness.live {
+                    Live::Up => "up",
+                    Live::HoldDown { .. } => "hold-down",
+                    Live::Down => "down",
+                },
+                since: self.wall_at(p.liveness.since),
+                withdrawn: p.liveness.withdrawn,
+            },
         })
     }
 
@@ -915,6 +1110,7 @@ impl Engine {
                 tracing::info!(peer = %peer.name, "handshake with the new preshared key completed; switched to it");
             }
         }
+        let (mut handshake, mut roamed) = (false, None);
         if authenticated {
             // A handshake completes, as in WireGuard, for the initiator when it accepts the
             // response, and for the responder when the first data arrives under the new
@@ -922,7 +1118,10 @@ impl Engine {
             // whose responses are lost would look connected on every retry.
             let index = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
             match kind {
-                TYPE_HANDSHAKE_RESP => note_handshake(peer, wall),
+                TYPE_HANDSHAKE_RESP => {
+                    note_handshake(peer, wall);
+                    handshake = true;
+                }
                 TYPE_HANDSHAKE_INIT => {
                     // Our response's sender index: the receiver index its data will carry.
                     let out = &buf[step_range(&step)];
@@ -934,6 +1133,7 @@ impl Engine {
                 TYPE_DATA if peer.awaiting_confirm == Some(index) => {
                     peer.awaiting_confirm = None;
                     note_handshake(peer, wall);
+                    handshake = true;
                 }
                 _ => {}
             }
@@ -945,6 +1145,7 @@ impl Engine {
                 }
                 peer.endpoint = Some(from);
                 peer.health.endpoint_source = Some(EndpointSource::Learned);
+                roamed = Some(from);
             }
             if local.is_some() {
                 peer.local = local;
@@ -963,6 +1164,12 @@ impl Engine {
         }
         if let Some(index) = released {
             self.peers.release_index(index);
+        }
+        if authenticated {
+            self.liveness_heard(id, now, handshake);
+        }
+        if let Some(endpoint) = roamed {
+            self.push_event(id, now, EventKind::Endpoint { endpoint });
         }
         match step {
             Step::Dropped | Step::Malformed => Step::Nothing,
@@ -1060,6 +1267,7 @@ impl Engine {
     /// then runs their timers.
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
         self.clock = (now, wall);
+        self.check_liveness(now);
         while let Some((at, id)) = self.deadlines.pop(now) {
             match self.peers.get_mut(id) {
                 Some(peer) if peer.due == Some(at) => {
@@ -1073,7 +1281,12 @@ impl Engine {
 
     /// When `handle_timeout` is due next, and why; `None` if no peer has anything scheduled.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.deadlines.next().map(|at| (at, "peer timers"))
+        let timers = self.deadlines.next().map(|at| (at, "peer timers"));
+        let checks = self.live_checks.next().map(|at| (at, "liveness checks"));
+        match (timers, checks) {
+            (Some(t), Some(c)) => Some(if c.0 < t.0 { c } else { t }),
+            (t, c) => t.or(c),
+        }
     }
 
     /// The next datagram to send that no input returned directly: packets queued behind a

@@ -66,6 +66,8 @@ pub(crate) struct Peer {
     pub due: Option<Instant>,
     /// Creation order, for listing peers as they were added.
     pub created: u64,
+    /// Up, holding down or down, for routing.
+    pub liveness: crate::liveness::Liveness,
 }
 
 impl Peer {

@@ -53,6 +53,8 @@ struct Pair {
     /// Every datagram either side sent, for assertions: (at, from, datagram).
     sent: Vec<(Duration, SocketAddr, Vec<u8>)>,
     link_up: bool,
+    /// Sites whose datagrams (both ways) are lost.
+    isolated: Vec<SocketAddr>,
 }
 
 fn wall() -> SystemTime {
@@ -104,6 +106,7 @@ fn pair(keepalive: Option<u16>) -> Pair {
         wire: VecDeque::new(),
         sent: vec![],
         link_up: true,
+        isolated: vec![],
     }
 }
 
@@ -140,6 +143,15 @@ impl Pair {
         }
     }
 
+    /// The primary address of the site that has `addr`.
+    fn site_of(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        [&self.a, &self.b]
+            .into_iter()
+            .chain(&self.more)
+            .find(|s| s.has(addr))
+            .map(|s| s.addr)
+    }
+
     fn all_sites(&self) -> Vec<SocketAddr> {
         let mut all = vec![self.a.addr, self.b.addr];
         all.extend(self.more.iter().map(|s| s.addr));
@@ -148,7 +160,15 @@ impl Pair {
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         self.sent.push((MockClock::time(), from, data.to_vec()));
-        if self.link_up {
+        let isolated = self
+            .isolated
+            .iter()
+            .any(|s| self.site_of(*s) == self.site_of(from))
+            || self
+                .isolated
+                .iter()
+                .any(|s| self.site_of(*s) == self.site_of(to));
+        if self.link_up && !isolated {
             self.wire.push_back((from, to, data.to_vec()));
         }
     }
@@ -1572,4 +1592,160 @@ fn a_preshared_key_mismatch_shows_as_bad_mac() {
     assert!(Reason::BadMac.hint().contains("preshared key"));
     assert_ne!(a.state, LinkState::Up);
     assert_eq!(p.status_a().last_handshake, None);
+}
+
+/// The kinds of `events`, as their wire names.
+fn kinds(events: &[liveness::Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+#[test]
+fn liveness_holds_down_withdraws_when_silent_and_comes_back() {
+    // The hub's covering prefix (198.19.0.0/16) takes B's traffic while B is withdrawn.
+    let (mut p, h_addr) = hub_and_spokes();
+    let hub = peer_named(&p.a.engine, "hub").id;
+    let b = peer_named(&p.a.engine, "site-b").id;
+    p.a.engine.set_keepalive(hub, Some(1));
+    p.a.engine.set_keepalive(b, Some(1));
+    p.a.engine.set_liveness(liveness::Policy {
+        down_after: Some(Duration::from_secs(3)),
+        up_after: Duration::from_secs(2),
+        withdraw: true,
+    });
+    let route = |p: &Pair| p.a.engine.routes().lookup("198.19.2.5".parse().unwrap());
+    assert_eq!(route(&p), None, "every peer is down at start: withdrawn");
+    assert!(peer_named(&p.a.engine, "site-b").liveness.withdrawn);
+
+    // The keepalives bring the links up; the hold-down keeps them withdrawn for 2 s.
+    p.advance(Duration::from_millis(500));
+    // Keepalives back to A once the sessions exist. (Initiations crossing in the same
+    // virtual instant carry equal timestamps, and the second pair is refused as a replay.)
+    let a_at_b = p.status_b().id;
+    p.b.engine.set_keepalive(a_at_b, Some(1));
+    let h = p.site(h_addr).unwrap();
+    let a_at_hub = peer_named(&h.engine, "site-a").id;
+    h.engine.set_keepalive(a_at_hub, Some(1));
+    let (mut events, lost) = p.a.engine.take_events();
+    events.sort_by(|x, y| x.peer.cmp(&y.peer));
+    assert_eq!((kinds(&events), lost), (vec!["handshake"; 2], 0));
+    assert_eq!((&*events[0].peer, &*events[1].peer), ("hub", "site-b"));
+    assert_eq!(
+        peer_named(&p.a.engine, "site-b").liveness.state,
+        "hold-down"
+    );
+    assert_eq!(route(&p), None);
+    p.advance(Duration::from_secs(2));
+    assert_eq!(kinds(&p.a.engine.take_events().0), ["peer-up"; 2]);
+    assert_eq!(route(&p), Some(b), "B is up: its prefix is back");
+    assert!(!peer_named(&p.a.engine, "site-b").liveness.withdrawn);
+
+    // B cut off: 3 s without a packet from it (keepalives every second) takes it down, and
+    // its traffic goes to the hub.
+    p.isolated.push(p.b.addr);
+    let cut = MockClock::time();
+    p.advance(Duration::from_secs(5));
+    let events = p.a.engine.take_events().0;
+    assert_eq!(kinds(&events), ["peer-down"]);
+    assert_eq!(events[0].peer, "site-b");
+    let liveness::EventKind::Down { silent } = events[0].kind else {
+        unreachable!()
+    };
+    assert!(silent >= Duration::from_secs(3), "{silent:?}");
+    assert_eq!(
+        route(&p),
+        Some(hub),
+        "B is down: withdrawn, the hub's /16 serves"
+    );
+    let down_at = peer_named(&p.a.engine, "site-b").liveness.since;
+    let after_cut = down_at
+        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + cut)
+        .unwrap();
+    assert!(
+        after_cut <= Duration::from_millis(4100),
+        "down {after_cut:?} after the cut (down-after 3 s, last packet up to 1 s before)"
+    );
+
+    // Back: the session outlived the outage; B's keepalives start the hold-down, and 2 s
+    // later B is up again.
+    p.isolated.clear();
+    p.advance(Duration::from_millis(1500));
+    assert_eq!(
+        peer_named(&p.a.engine, "site-b").liveness.state,
+        "hold-down"
+    );
+    assert_eq!(route(&p), Some(hub));
+    p.advance(Duration::from_secs(2));
+    assert_eq!(kinds(&p.a.engine.take_events().0), ["peer-up"]);
+    assert_eq!(route(&p), Some(b));
+
+    // Withdrawal turned off: every prefix is routed whatever the state.
+    p.isolated.push(p.b.addr);
+    p.advance(Duration::from_secs(5));
+    assert_eq!(route(&p), Some(hub));
+    p.a.engine.set_liveness(liveness::Policy::default());
+    assert_eq!(route(&p), Some(b));
+}
+
+#[test]
+fn roaming_and_flapping_are_events_and_a_flap_stays_down() {
+    let mut p = pair(Some(1));
+    p.a.engine.set_liveness(liveness::Policy {
+        down_after: Some(Duration::from_secs(3)),
+        up_after: Duration::from_secs(2),
+        withdraw: false,
+    });
+    p.advance(Duration::from_millis(500));
+    let b_id = p.status_b().id;
+    p.b.engine.set_keepalive(b_id, Some(1));
+    p.advance(Duration::from_millis(2500));
+    let events = p.a.engine.take_events().0;
+    assert_eq!(kinds(&events), ["handshake", "peer-up"]);
+    // Without withdrawal, a peer's prefixes stay routed even while down.
+    assert!(!p.status_a().liveness.withdrawn);
+
+    // B's next packet arrives from a new address (NAT rebinding): A follows it, and says so.
+    let new_b: SocketAddr = "198.18.7.7:40000".parse().unwrap();
+    let mut buf = vec![0u8; BUF];
+    let t = p.b.engine.handle_tunnel_packet(
+        Instant::now(),
+        &ipv4([198, 19, 2, 5], [198, 19, 1, 5], b"moved"),
+        &mut buf,
+    );
+    let data = t.expect("session is up").payload.to_vec();
+    p.deliver(new_b, p.a.addr, &data);
+    let events = p.a.engine.take_events().0;
+    assert_eq!(kinds(&events), ["endpoint"], "{events:?}");
+    assert_eq!(
+        events[0].kind,
+        liveness::EventKind::Endpoint { endpoint: new_b }
+    );
+
+    // B's keepalives still come from its own address: A goes back to it.
+    p.advance(Duration::from_millis(1500));
+    let events = p.a.engine.take_events().0;
+    assert_eq!(
+        events.iter().map(|e| &e.kind).collect::<Vec<_>>(),
+        [&liveness::EventKind::Endpoint { endpoint: p.b.addr }]
+    );
+
+    // A flap: down, then one burst of packets shorter than the hold-down, then silence
+    // again: no up event. (A hold-down longer than down-after is what catches it.)
+    p.link_up = false;
+    p.advance(Duration::from_secs(5));
+    assert_eq!(kinds(&p.a.engine.take_events().0), ["peer-down"]);
+    p.a.engine.set_liveness(liveness::Policy {
+        down_after: Some(Duration::from_secs(3)),
+        up_after: Duration::from_secs(5),
+        withdraw: false,
+    });
+    p.link_up = true;
+    p.advance(Duration::from_millis(1100));
+    p.link_up = false;
+    p.advance(Duration::from_secs(6));
+    assert_eq!(
+        p.a.engine.take_events().0,
+        vec![],
+        "a flap shorter than up-after"
+    );
+    assert_eq!(p.status_a().liveness.state, "down");
 }
