@@ -203,7 +203,7 @@ check_files() {
              /usr/share/zsh/vendor-completions/_sitelinkd /usr/share/zsh/vendor-completions/_sitelinkctl \
              /usr/share/fish/vendor_completions.d/sitelinkd.fish /usr/share/fish/vendor_completions.d/sitelinkctl.fish \
              /usr/share/doc/sitelink/copyright /usr/share/doc/sitelink/changelog.Debian.gz \
-             /etc/sitelink/example.toml.sample; do
+             /etc/sitelink/example.toml.sample /etc/iproute2/rt_protos.d/sitelink.conf; do
         expect_stat "$f" "644 root root" || bad=1
     done
     for f in /usr/share/man/man8/sitelinkd.8.gz /usr/share/man/man1/sitelinkctl.1.gz \
@@ -238,8 +238,9 @@ if out=$(check_user 2>&1); then pass "system user: $out"; else fail "system user
 check "/run/sitelink is 0750 sitelink:sitelink (tmpfiles)" expect_stat /run/sitelink "750 sitelink sitelink"
 check "/run/wireguard is 0775 root:sitelink (tmpfiles)" expect_stat /run/wireguard "775 root sitelink"
 
-expect "conffiles: exactly /etc/sitelink/example.toml.sample" "/etc/sitelink/example.toml.sample" \
-    sh -c "chroot '$work' dpkg-query -W -f='\${Conffiles}' sitelink | awk 'NF { print \$1 }'"
+expect "conffiles: exactly /etc/iproute2/rt_protos.d/sitelink.conf and /etc/sitelink/example.toml.sample" \
+    "/etc/iproute2/rt_protos.d/sitelink.conf /etc/sitelink/example.toml.sample" \
+    sh -c "chroot '$work' dpkg-query -W -f='\${Conffiles}' sitelink | awk 'NF { print \$1 }' | sort | xargs"
 check "sitelink.target enabled (deb-systemd-helper)" \
     test -L "$work/etc/systemd/system/multi-user.target.wants/sitelink.target"
 # The real thing: the chroot's systemd, the binaries at their packaged paths.

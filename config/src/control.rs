@@ -41,6 +41,9 @@ pub enum Request {
     Reload,
     /// Write the running peer set to the config file. Reply: a [`ChangeReply`].
     Save,
+    /// Stream events: the reply is `{"ok":"events"}` and then one JSON object per line as
+    /// they happen (see `daemon/src/events.rs`), until the client closes the connection.
+    Events,
 }
 
 /// A new peer, as the operator typed it; the daemon parses and validates every field with
@@ -175,6 +178,18 @@ pub struct PeerStatus {
     pub endpoint_name: Option<String>,
     #[serde(default)]
     pub resolved_at: Option<u64>,
+    /// Whether the peer is up for routing (`down-after`, `up-after`, `withdraw-when-down`).
+    #[serde(default)]
+    pub liveness: Option<PeerLiveness>,
+}
+
+/// A peer's state for routing: `up`, `hold-down` (a handshake, waiting `up-after`) or `down`,
+/// since when (unix seconds), and whether its routes are withdrawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerLiveness {
+    pub state: String,
+    pub since: u64,
+    pub withdrawn: bool,
 }
 
 /// A peer's last error: `reason` (`no-response`, `refused-by-us: replay or old timestamp`,

@@ -44,6 +44,13 @@ pub enum Command {
     Reload,
     /// Write the running peer set back to the config file, keeping comments.
     Save,
+    /// Print peer events as they happen (handshakes, endpoint changes, peer up/down, routes
+    /// withdrawn and restored), one per line, until interrupted.
+    Events {
+        /// One JSON object per line (the schema is documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Check why a link is not up: daemon, config, forwarding, routes, each peer's handshakes,
     /// path MTU. One line per check; exit status 1 if any is a problem.
     Doctor {

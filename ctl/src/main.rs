@@ -59,6 +59,7 @@ fn run(args: Args) -> Result<()> {
         } => import(&file, name, key_dir.as_deref())?,
         Command::Doctor { peer, json } => doctor(args.interface.as_ref(), peer.as_deref(), json)?,
         Command::Reload => change(args.interface.as_ref(), Request::Reload)?,
+        Command::Events { json } => events(args.interface.as_ref(), json)?,
         Command::Save => change(args.interface.as_ref(), Request::Save)?,
         Command::Show { json } => {
             let socket = socket_path(args.interface.as_ref())?;
@@ -72,6 +73,94 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the daemon's events as they happen, until it stops (or stdout goes away).
+fn events(interface: Option<&InterfaceName>, json: bool) -> Result<()> {
+    let socket = socket_path(interface)?;
+    let (mut reader, reply) = send(&socket, &Request::Events)?;
+    let what: String = envelope(&socket, &reply)?;
+    if what != "events" {
+        bail!(
+            "unexpected reply {what:?} from {} (does this sitelinkctl match the daemon's version?)",
+            socket.display()
+        );
+    }
+    // Events come when they happen: no read timeout from here on.
+    reader.get_ref().set_read_timeout(None)?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("sitelinkd closed the event stream (stopped or restarted)");
+        }
+        let text = if json {
+            line.clone()
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => render_event(&v) + "\n",
+                Err(_) => line.clone(),
+            }
+        };
+        let mut out = io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.context("cannot write to stdout")?,
+        }
+    }
+}
+
+/// One event as a line: `2026-12-02 16:40:01.250 UTC  peer-down  site-b  (silent 3.1 s)`.
+fn render_event(v: &serde_json::Value) -> String {
+    let time = v["time"].as_f64().unwrap_or(0.0);
+    let event = v["event"].as_str().unwrap_or("?");
+    let mut out = format!("{}  {event}", utc(time));
+    if let Some(peer) = v["peer"].as_str() {
+        out += &format!("  {peer}");
+    }
+    if let Some(endpoint) = v["endpoint"].as_str() {
+        out += &format!("  now at {endpoint}");
+    }
+    if let Some(silent) = v["silent_s"].as_f64() {
+        out += &format!("  (nothing received for {silent:.1} s)");
+    }
+    let list = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if event == "routes" {
+        let (added, removed) = (list("added"), list("removed"));
+        if !added.is_empty() {
+            out += &format!("  added: {}", added.join(", "));
+        }
+        if !removed.is_empty() {
+            out += &format!("  withdrawn: {}", removed.join(", "));
+        }
+    }
+    if let Some(n) = v["count"].as_u64() {
+        out += &format!("  ({n} events missed: this client read too slowly)");
+    }
+    out
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+fn utc(unix: f64) -> String {
+    let millis = (unix * 1000.0).round() as i64;
+    let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = sitelinkctl::civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{ms:03} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 /// Writes `text` to stdout. A reader that went away (`sitelinkctl show | head`) is not an
@@ -375,6 +464,12 @@ fn socket_path(interface: Option<&InterfaceName>) -> Result<PathBuf> {
 
 /// Sends `request` and parses the daemon's `ok` result (or reports its `error`).
 fn request<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> {
+    let (_, reply) = send(socket, request)?;
+    envelope(socket, &reply)
+}
+
+/// Connects, sends `request`, and reads the first line of the reply.
+fn send(socket: &Path, request: &Request) -> Result<(BufReader<UnixStream>, String)> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let why = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
@@ -394,17 +489,23 @@ fn request<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> 
     // send fails with EPIPE, but the answer is waiting to be read.
     let sent = stream.write_all(&line);
     let mut reply = String::new();
-    let read = BufReader::new(&stream).read_line(&mut reply);
+    let mut reader = BufReader::new(stream);
+    let read = reader.read_line(&mut reply);
     if reply.is_empty() {
         sent.with_context(|| format!("cannot send to {}", socket.display()))?;
         read.with_context(|| format!("no reply from {}", socket.display()))?;
     }
+    Ok((reader, reply))
+}
+
+/// The `ok` result of a reply line, or its `error`.
+fn envelope<T: serde::de::DeserializeOwned>(socket: &Path, reply: &str) -> Result<T> {
     #[derive(serde::Deserialize)]
     struct Envelope<T> {
         ok: Option<T>,
         error: Option<String>,
     }
-    let envelope: Envelope<T> = serde_json::from_str(&reply).with_context(|| {
+    let envelope: Envelope<T> = serde_json::from_str(reply).with_context(|| {
         format!(
             "malformed reply from {} (does this sitelinkctl match the daemon's version?)",
             socket.display()
@@ -604,6 +705,25 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_lines_read_as_text() {
+        assert_eq!(utc(0.0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc(951_782_400.0), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(utc(1_764_693_600.125), "2025-12-02 16:40:00.125 UTC");
+        let down = serde_json::json!({"time": 1764693600.125, "interface": "sl0",
+            "event": "peer-down", "peer": "site-b", "public_key": "x", "silent_s": 3.08});
+        assert_eq!(
+            render_event(&down),
+            "2025-12-02 16:40:00.125 UTC  peer-down  site-b  (nothing received for 3.1 s)"
+        );
+        let routes = serde_json::json!({"time": 1764693600, "interface": "sl0",
+            "event": "routes", "added": [], "removed": ["198.19.2.0/24"]});
+        assert_eq!(
+            render_event(&routes),
+            "2025-12-02 16:40:00.000 UTC  routes  withdrawn: 198.19.2.0/24"
+        );
+    }
     use sitelink_config::control::{HandshakeCounters, InterfaceStatus, LastError};
     use std::collections::BTreeMap;
 
@@ -640,6 +760,7 @@ mod tests {
             endpoint_source: None,
             endpoint_name: None,
             resolved_at: None,
+            liveness: None,
         };
         let status = Status {
             interface: InterfaceStatus {

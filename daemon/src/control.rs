@@ -127,6 +127,7 @@ async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> st
                     error: format!("request larger than {MAX_REQUEST} bytes"),
                 },
                 Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(Request::Events) => return stream_events(reader, &mut write, state).await,
                     Ok(request) => match respond(request, state).await {
                         Ok(ok) => return send_ok(&mut write, &ok).await,
                         Err(e) => Response::Err {
@@ -143,6 +144,47 @@ async fn handle(stream: UnixStream, state: &Mutex<State>, access: &Access) -> st
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write_reply(&mut write, &out).await
+}
+
+/// `sitelinkctl events`: `{"ok":"events"}`, then every event line as it comes, until the
+/// client closes its end (or stops reading for [`CLIENT_TIMEOUT`]). A client that falls more
+/// than the hub's backlog behind gets a `lost` line in place of what it missed.
+async fn stream_events(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    state: &Mutex<State>,
+) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut lines, interface) = {
+        let state = state.lock().await;
+        (
+            state.events.subscribe(),
+            state.config.interface.name.to_string(),
+        )
+    };
+    write_reply(write, b"{\"ok\":\"events\"}\n").await?;
+    let mut scratch = [0u8; 256];
+    loop {
+        let line: std::sync::Arc<str> = tokio::select! {
+            line = lines.recv() => match line {
+                Ok(line) => line,
+                Err(RecvError::Lagged(n)) => {
+                    let lost = crate::events::Line::lost(&interface, n);
+                    serde_json::to_string(&lost).map_err(std::io::Error::other)?.into()
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            // Anything the client sends is ignored; its end closing ends the stream.
+            n = reader.read(&mut scratch) => match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+        };
+        let mut out = Vec::with_capacity(line.len() + 1);
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        write_reply(write, &out).await?;
+    }
 }
 
 /// Sends `{"ok": <result>}`: the result is serialized once, straight from its type (a status of
@@ -175,6 +217,8 @@ async fn respond(request: Request, state: &Mutex<State>) -> Result<Vec<u8>> {
             (summary, false)
         }
         Request::Save => (Summary::default(), true),
+        // Streamed by `handle` before it gets here.
+        Request::Events => bail!("events are streamed, not answered"),
         Request::PeerAdd { peer, save } => {
             let mut new = state.config.clone();
             new.peers.push(Arc::new(new_peer(&new, peer)?));
@@ -396,7 +440,7 @@ impl Serialize for PeerJson<'_> {
         }
         let (p, dns) = (&self.0, &self.1);
         let resolving = matches!(dns, Some((_, None)));
-        let mut out = s.serialize_struct("PeerStatus", 15)?;
+        let mut out = s.serialize_struct("PeerStatus", 16)?;
         out.serialize_field("name", p.name)?;
         out.serialize_field("public_key", &Shown(p.public_key))?;
         out.serialize_field("endpoint", &p.endpoint.map(Shown))?;
@@ -427,6 +471,13 @@ impl Serialize for PeerJson<'_> {
             .as_ref()
             .and_then(|(_, r)| r.as_ref().map(|r| unix_seconds(r.at)));
         out.serialize_field("resolved_at", &resolved_at)?;
+        let l = &p.liveness;
+        let liveness = sitelink_config::control::PeerLiveness {
+            state: l.state.to_string(),
+            since: unix_seconds(l.since),
+            withdrawn: l.withdrawn,
+        };
+        out.serialize_field("liveness", &liveness)?;
         out.end()
     }
 }
@@ -505,6 +556,16 @@ mod tests {
                 endpoint_source: p.endpoint.map(|_| "config".into()),
                 endpoint_name: None,
                 resolved_at: None,
+                liveness: Some(sitelink_config::control::PeerLiveness {
+                    state: "down".into(),
+                    since: p
+                        .liveness
+                        .since
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs(),
+                    withdrawn: false,
+                }),
             })
             .collect();
         assert_eq!(parsed, expected);

@@ -12,7 +12,9 @@ mod access;
 mod control;
 mod dataplane;
 mod dns;
+mod events;
 mod handshakes;
+mod hooks;
 mod metrics;
 mod mss;
 mod netlink;
@@ -113,7 +115,7 @@ async fn serve(config: Config) -> Result<()> {
         Instant::now(),
         SystemTime::now(),
     )));
-    let netlink = netlink::Netlink::open(index, iface.name.as_str())?;
+    let netlink = netlink::Netlink::open(index, iface.name.as_str(), iface.route_protocol)?;
     let (plane, commands, wake, stop) =
         dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
     let queue = Arc::new(handshakes::Queue::default());
@@ -129,6 +131,11 @@ async fn serve(config: Config) -> Result<()> {
         Arc::clone(&queue),
     )
     .await?;
+    // Events the engine queues from here on wake the event task (and one wake-up now for
+    // anything queued while the configuration was applied).
+    let waker = state.events.waker();
+    waker();
+    dataplane::lock(&engine).set_event_waker(waker);
     let state = Arc::new(tokio::sync::Mutex::new(state));
     let udp = Arc::new(udp);
     let plane = dataplane::DataPlane {
@@ -254,6 +261,8 @@ async fn run_interface(
         control = %socket_path.display(), metrics, "sitelinkd running");
     systemd::ready(&state.lock().await.status_line());
     tokio::spawn(report_status(Arc::clone(&state), memory));
+    let hub = Arc::clone(&state.lock().await.events);
+    tokio::spawn(events::run(Arc::clone(&state), hub, hooks::Hooks::start()));
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;

@@ -24,7 +24,7 @@ use rtnetlink::packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -55,6 +55,9 @@ pub struct Netlink {
     batch: Batch,
     index: u32,
     name: String,
+    /// The protocol number on our routes (`route-protocol`); deletes carry it too, so we
+    /// never remove a route someone else installed into our interface.
+    protocol: u8,
     /// Routes this daemon installed (and removes at exit).
     routes: HashSet<Route>,
     /// Rules this daemon installed (or found in place from an earlier run) and removes at exit.
@@ -74,8 +77,8 @@ enum Undo {
 
 impl Netlink {
     /// Opens netlink sockets (rtnetlink's driven on the current tokio runtime) for interface
-    /// `index` named `name`.
-    pub fn open(index: u32, name: &str) -> Result<Self> {
+    /// `index` named `name`, whose routes get protocol number `protocol`.
+    pub fn open(index: u32, name: &str, protocol: u8) -> Result<Self> {
         let (conn, handle, _) =
             rtnetlink::new_connection().context("cannot open a netlink socket")?;
         tokio::spawn(conn);
@@ -84,6 +87,7 @@ impl Netlink {
             batch: Batch::open().context("cannot open a netlink socket for routes")?,
             index,
             name: name.to_owned(),
+            protocol,
             routes: HashSet::new(),
             rules: HashSet::new(),
         })
@@ -288,8 +292,9 @@ impl Netlink {
         if routes.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        let index = self.index;
-        let to_message = |r: &Route| RouteNetlinkMessage::NewRoute(route_message(index, r));
+        let (index, protocol) = (self.index, self.protocol);
+        let to_message =
+            |r: &Route| RouteNetlinkMessage::NewRoute(route_message(index, protocol, r));
         let (added, refused) = match self.run(routes, to_message, NLM_F_CREATE | NLM_F_EXCL, &[]) {
             Ok(sorted) => sorted,
             Err(e) => return (Vec::new(), vec![format!("routes: netlink: {e}")]),
@@ -345,8 +350,9 @@ impl Netlink {
     /// Deletes routes; returns those deleted (or already gone). Fails on any other refusal,
     /// after deleting what it could.
     fn delete_routes(&mut self, routes: &[Route]) -> Result<Vec<Route>> {
-        let index = self.index;
-        let to_message = |r: &Route| RouteNetlinkMessage::DelRoute(route_message(index, r));
+        let (index, protocol) = (self.index, self.protocol);
+        let to_message =
+            |r: &Route| RouteNetlinkMessage::DelRoute(route_message(index, protocol, r));
         let (removed, refused) = self
             .run(routes, to_message, 0, &[libc::ESRCH, libc::ENODEV])
             .context("cannot remove routes")?;
@@ -495,14 +501,15 @@ impl Netlink {
 /// Items a batch did, and those the kernel refused with its reason.
 type Sorted<T> = (Vec<T>, Vec<(T, KernelError)>);
 
-/// A route into interface `index`.
-fn route_message(index: u32, route: &Route) -> RouteMessage {
+/// A route into interface `index`, marked with `protocol`.
+fn route_message(index: u32, protocol: u8, route: &Route) -> RouteMessage {
     let net = route.cidr.network();
     let mut msg = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(net.addr(), net.prefix_len())
         // A network and its prefix length from a valid Cidr always build.
         .unwrap_or_else(|_| RouteMessageBuilder::<IpAddr>::new())
         .output_interface(index)
+        .protocol(RouteProtocol::from(protocol))
         .build();
     set_table(&mut msg, route.table);
     msg

@@ -51,6 +51,8 @@ pub struct State {
     pub plane: dataplane::Handle,
     /// The handshake queue (for its counters).
     pub handshakes: Arc<crate::handshakes::Queue>,
+    /// Where peer events go (`sitelinkctl events` subscribes here).
+    pub events: Arc<crate::events::Hub>,
     netlink: Netlink,
     /// The routes and rules `config` asks for (what the kernel has, as far as we made it).
     routing: Routing,
@@ -193,6 +195,7 @@ impl State {
             fwmark: None,
             plane,
             handshakes,
+            events: Arc::default(),
             netlink,
             routing: Routing::default(),
             index: PeerIndex::default(),
@@ -241,6 +244,13 @@ impl State {
                 shown(&new_if.metrics_listen)
             ));
         }
+        if new_if.route_protocol != old_if.route_protocol {
+            summary.warnings.push(format!(
+                "route-protocol changed ({} -> {}): routes keep protocol {} until sitelinkd \
+                 restarts",
+                old_if.route_protocol, new_if.route_protocol, old_if.route_protocol
+            ));
+        }
         let new_mark = new_if.effective_fwmark(&new.peers);
 
         // Prepare: what can fail, in an order that can be undone.
@@ -258,9 +268,14 @@ impl State {
         if mark_changed && new_socket.is_none() {
             udp::set_mark(&self.socket, new_mark)?;
         }
-        let routing = self
-            .routing
-            .after(&self.config.interface, self.fwmark, &new, &delta);
+        let mut routing = if new_if.withdraw_when_down != old_if.withdraw_when_down {
+            // Which peers' routes are in the kernel changes for all of them.
+            Routing::of(&new.interface, &new.peers)
+        } else {
+            self.routing
+                .after(&self.config.interface, self.fwmark, &new, &delta)
+        };
+        self.leave_out_withdrawn(&new.interface, &new.peers, &mut routing);
         let change = self.kernel_change(&new, &routing, &mut summary);
         let warnings = match self.netlink.apply(&change).await {
             Ok(warnings) => warnings,
@@ -302,6 +317,8 @@ impl State {
                 .set_private_key(new.interface.private_key.as_ref());
             summary.private_key_changed = true;
         }
+        // Before the peers: new ones start withdrawn if withdrawal is on.
+        self.lock_engine().set_liveness(liveness_policy(new_if));
         self.apply_peers(&new.peers, &mut summary);
         let old = std::mem::replace(&mut self.config, new);
         self.routing = routing;
@@ -519,6 +536,77 @@ impl State {
 
     pub fn lock_engine(&self) -> MutexGuard<'_, Engine> {
         dataplane::lock(&self.engine)
+    }
+
+    /// Takes the routes of withdrawn peers out of `routing` (what `config` asks the kernel
+    /// for): with `withdraw-when-down`, every peer that the engine does not have up. Rules
+    /// stay: without the table's routes they route nothing.
+    fn leave_out_withdrawn(&self, iface: &Interface, peers: &[Arc<Peer>], routing: &mut Routing) {
+        if !iface.withdraw_when_down {
+            return;
+        }
+        let engine = self.lock_engine();
+        let withdrawn: std::collections::HashSet<Cidr> = peers
+            .iter()
+            .filter(|p| {
+                let up = self
+                    .ids
+                    .get(&p.public_key)
+                    .and_then(|id| engine.peer_view(*id))
+                    .is_some_and(|v| v.liveness.state == "up");
+                !up
+            })
+            .flat_map(|p| p.allowed_ips.iter().map(Cidr::network))
+            .collect();
+        drop(engine);
+        if !withdrawn.is_empty() {
+            routing.routes.retain(|r| !withdrawn.contains(&r.cidr));
+        }
+    }
+
+    /// Brings the kernel's routes in line with which peers are up (after peer-up and
+    /// peer-down events, with `withdraw-when-down`). Returns what changed, as route texts
+    /// (added, removed).
+    pub async fn sync_withdrawn(&mut self) -> Result<(Vec<String>, Vec<String>)> {
+        let (iface, peers) = (&self.config.interface, &self.config.peers);
+        let mut routing = Routing::of(iface, peers);
+        self.leave_out_withdrawn(iface, peers, &mut routing);
+        let diff = RoutingDiff::between(&self.routing, &routing);
+        if diff.add_routes.is_empty() && diff.remove_routes.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let change = Change {
+            mtu: None,
+            add_addresses: Vec::new(),
+            remove_addresses: Vec::new(),
+            routing: RoutingDiff {
+                add_rules: Vec::new(),
+                remove_rules: Vec::new(),
+                ..diff
+            },
+        };
+        for warning in self.netlink.apply(&change).await? {
+            tracing::warn!("{warning}");
+        }
+        // Rules are left as they were (see `leave_out_withdrawn`).
+        routing.rules = self.routing.rules.clone();
+        self.routing = routing;
+        let texts = |v: &[Route]| v.iter().map(Route::to_string).collect();
+        Ok((
+            texts(&change.routing.add_routes),
+            texts(&change.routing.remove_routes),
+        ))
+    }
+}
+
+/// The engine's liveness settings from `[interface]`.
+pub fn liveness_policy(iface: &Interface) -> sitelink_engine::liveness::Policy {
+    sitelink_engine::liveness::Policy {
+        down_after: iface
+            .down_after
+            .map(|s| std::time::Duration::from_secs(s.into())),
+        up_after: std::time::Duration::from_secs(iface.up_after.into()),
+        withdraw: iface.withdraw_when_down,
     }
 }
 

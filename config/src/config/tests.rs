@@ -1703,3 +1703,103 @@ fn a_credential_replaces_the_private_key_file_which_is_not_read() {
     assert!(Config::load_with_private_key(&path, Some(alice())).is_ok());
     assert!(Config::load(&path).is_err());
 }
+
+#[test]
+fn routing_daemon_settings_have_defaults_and_checked_values() {
+    let text = |extra: &str| format!("{}{extra}", interface());
+    let c = parse(&text("")).unwrap().interface;
+    assert_eq!(c.route_protocol, crate::DEFAULT_ROUTE_PROTOCOL);
+    assert!(!c.withdraw_when_down);
+    assert_eq!((c.down_after, c.up_after), (None, crate::DEFAULT_UP_AFTER));
+    assert_eq!((c.on_peer_up, c.on_peer_down), (None, None));
+
+    let c = parse(&text(
+        "route-protocol = \"sitelink\"\ndown-after = 4\nup-after = 0\n\
+         on-peer-up = \"logger up $1\"\non-peer-down = \"logger down $1\"\n",
+    ))
+    .unwrap()
+    .interface;
+    assert_eq!(
+        (c.route_protocol, c.down_after, c.up_after),
+        (52, Some(4), 0)
+    );
+    assert_eq!(c.on_peer_up.as_deref(), Some("logger up $1"));
+    assert_eq!(
+        parse(&text("route-protocol = 200\n"))
+            .unwrap()
+            .interface
+            .route_protocol,
+        200
+    );
+
+    expect_error(
+        &text("route-protocol = 2\n"),
+        3,
+        "interface: route-protocol",
+        &["\"kernel\" protocol", "3-255"],
+    );
+    expect_error(
+        &text("route-protocol = \"no-such-daemon\"\n"),
+        3,
+        "interface: route-protocol",
+        &["not a route protocol name", "/etc/iproute2/rt_protos"],
+    );
+    expect_error(
+        &text("route-protocol = [1]\n"),
+        3,
+        "interface: route-protocol",
+        &["route protocol number (0-255) or name"],
+    );
+    expect_error(
+        &text("down-after = 0\n"),
+        3,
+        "interface: down-after",
+        &["0 is out of range", "1-3600"],
+    );
+    expect_error(
+        &text("up-after = 99999\n"),
+        3,
+        "interface: up-after",
+        &["out of range", "0-3600"],
+    );
+    expect_error(
+        &text("on-peer-down = \"  \"\n"),
+        3,
+        "interface: on-peer-down",
+        &["the command is empty", "$1"],
+    );
+}
+
+#[test]
+fn withdraw_when_down_needs_a_keepalive_on_every_peer() {
+    let peer = |name: &str, keepalive: &str| {
+        format!(
+            "[[peer]]\nname = \"{name}\"\npublic-key = \"{}\"\nallowed-ips = []\n{keepalive}",
+            new_public()
+        )
+    };
+    let ok = format!(
+        "{}withdraw-when-down = true\n\n{}",
+        interface(),
+        peer("a", "persistent-keepalive = 1\n")
+    );
+    assert!(parse(&ok).unwrap().interface.withdraw_when_down);
+    // The second peer's table starts on line 11, its name (where the error points) on 12.
+    let text = format!("{ok}\n{}", peer("site-c", ""));
+    expect_error(
+        &text,
+        12,
+        "peer \"site-c\": persistent-keepalive",
+        &["withdraw-when-down is on", "set persistent-keepalive"],
+    );
+    // The same rule for a live change (sitelinkctl, UAPI).
+    let mut config = parse(&ok).unwrap();
+    let mut p = (*config.peers[0]).clone();
+    p.persistent_keepalive = None;
+    config.peers[0] = std::sync::Arc::new(p);
+    let e = config.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("peer \"a\": persistent-keepalive") && e.contains("withdraw-when-down"),
+        "{e}"
+    );
+}
