@@ -14,10 +14,13 @@ fi
 # systemd: systemd-analyze for the unit checks; python3: a slow socket client run as nobody;
 # libfaketime: a gateway whose clock is an hour behind (tests/faults.rs); prometheus: promtool
 # lints the metrics, and a real server scrapes them (tests/visibility.rs); nftables: LAN hosts
-# that filter ICMP (the MSS clamping test). (packaging/test-deb.sh installs debootstrap, lintian
+# that filter ICMP (the MSS clamping test), and a router that cuts one tunnel (tests/
+# dynamic_routing.rs); bird2: BGP and BFD over the tunnels, keepalived: VRRP for the HA pair
+# (tests/dynamic_routing.rs, started and stopped by the tests in their namespaces; the
+# packages' own services are not used). (packaging/test-deb.sh installs debootstrap, lintian
 # and cargo-deb itself.)
 packages=(iproute2 wireguard-tools wireguard-go iperf3 iputils-ping util-linux systemd python3 libfaketime
-    prometheus nftables)
+    prometheus nftables bird2 keepalived)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -240,3 +240,233 @@ fn a_silent_peer_is_withdrawn_and_traffic_moves_through_the_transit_site_and_bac
         );
     }
 }
+
+/// BIRD 2 in a site's gateway namespace, stopped on drop (with its socket and logs in the
+/// test's directory).
+struct Bird {
+    _process: Process,
+    socket: std::path::PathBuf,
+    ns_name: String,
+}
+
+impl Bird {
+    /// The BIRD configuration of site `n` (AS 6500n, router id its tunnel address) with BGP
+    /// and BFD to the `neighbors` (site numbers) over the tunnel. It learns sitelink's routes
+    /// from the kernel (protocol 52) and prefers them; it announces them to its neighbors;
+    /// it installs what it learns by BGP into the kernel behind sitelink's (metric 32 against
+    /// sitelink's 0), taking only other sites' /24 LANs.
+    fn config(n: u8, neighbors: &[u8]) -> String {
+        let mut text = format!(
+            "router id 198.18.200.{n};\n\
+             protocol device {{ scan time 1; }}\n\
+             protocol kernel krt {{\n\
+               learn;\n\
+               scan time 1;\n\
+               ipv4 {{\n\
+                 preference 200;\n\
+                 import where krt_source = 52;\n\
+                 export where source = RTS_BGP;\n\
+               }};\n\
+             }}\n\
+             protocol bfd {{\n\
+               interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};\n\
+             }}\n\
+             filter other_lans {{\n\
+               if net ~ [ 198.19.0.0/16{{24,24}} ] && net != 198.19.{n}.0/24 then accept;\n\
+               reject;\n\
+             }}\n"
+        );
+        for m in neighbors {
+            text += &format!(
+                "protocol bgp site{m} {{\n\
+                   local 198.18.200.{n} as 6500{n};\n\
+                   neighbor 198.18.200.{m} as 6500{m};\n\
+                   bfd on;\n\
+                   hold time 6;\n\
+                   connect retry time 1;\n\
+                   error wait time 1, 5;\n\
+                   ipv4 {{\n\
+                     import filter other_lans;\n\
+                     export where source = RTS_INHERIT;\n\
+                   }};\n\
+                 }}\n"
+            );
+        }
+        text
+    }
+
+    fn start(net: &Internet, n: u8, neighbors: &[u8]) -> Self {
+        let site = net.site(n);
+        let conf = net
+            .dir
+            .write(&format!("bird{n}.conf"), &Self::config(n, neighbors), 0o644);
+        let socket = net.dir.0.join(format!("bird{n}.ctl"));
+        let mut cmd = site.gw.cmd("bird");
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(net.dir.0.join(format!("bird{n}.pid")));
+        let mut process = Process::spawn("bird", cmd, net.dir.0.join(format!("bird{n}.log")));
+        let ns_name = site.gw.name.clone();
+        let ready = wait_for(Duration::from_secs(10), || {
+            birdc(&ns_name, &socket, &["show", "status"]).contains("Daemon is up")
+        });
+        process.assert_running();
+        assert!(
+            ready.is_some(),
+            "bird {n} did not start:\n{}",
+            process.log_text()
+        );
+        Self {
+            _process: process,
+            socket,
+            ns_name,
+        }
+    }
+
+    fn birdc(&self, args: &[&str]) -> String {
+        birdc(&self.ns_name, &self.socket, args)
+    }
+}
+
+/// `birdc -s SOCKET ARGS` in namespace `ns`: its output.
+fn birdc(ns: &str, socket: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "birdc", "-s"])
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("birdc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The kernel's routes for exactly `prefix` in `ns` (main table), as "PROTOCOL via GATEWAY"
+/// or "PROTOCOL" for a route straight into an interface.
+fn routes_for(ns: &Netns, prefix: &str) -> Vec<String> {
+    let out = ns.ip(&["-j", "route", "show", "exact", prefix]);
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    routes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| match r["gateway"].as_str() {
+                    Some(gw) => format!("{} via {gw}", text(&r["protocol"])),
+                    None => text(&r["protocol"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Three sites, each with sitelinkd (tunnel addresses 198.18.200.N/24, keepalives every
+/// second, `withdraw-when-down` with down-after 2 s) and BIRD peering over the tunnel by BGP
+/// with BFD (AS 6500N). BIRD learns sitelink's routes from the kernel by their protocol number
+/// and announces them; the direct A-B tunnel cut, sitelink withdraws B's LAN on A and BIRD
+/// replaces it with the route C announces; healed, sitelink's route is back and BIRD's goes.
+#[test]
+fn bird_moves_a_lan_through_a_third_site_when_the_direct_tunnel_fails_and_back() {
+    let net = Internet::new(&[1, 2, 3]);
+    let (a, b, c) = (net.site(1), net.site(2), net.site(3));
+    let interface = |n: u8| {
+        format!(
+            "address = [\"198.18.200.{n}/24\"]\nwithdraw-when-down = true\ndown-after = 2\n\
+             up-after = 2\n"
+        )
+    };
+    let tunnel = |s: &Site| format!("198.18.200.{}/32", s.n);
+    let direct = |s: &Site, name: &str| fast_peer(s, name, &[&tunnel(s), &s.lan()]);
+    let via_c = fast_peer(c, "site-3", &[&tunnel(c), &c.lan(), "198.19.0.0/16"]);
+    let _da = net.start(1, &interface(1), &(direct(b, "site-2") + &via_c));
+    let _db = net.start(2, &interface(2), &(direct(a, "site-1") + &via_c));
+    let _dc = net.start(
+        3,
+        &interface(3),
+        &(direct(a, "site-1") + &direct(b, "site-2")),
+    );
+    let birds = [
+        Bird::start(&net, 1, &[2, 3]),
+        Bird::start(&net, 2, &[1, 3]),
+        Bird::start(&net, 3, &[1, 2]),
+    ];
+    let established = wait_for(Duration::from_secs(60), || {
+        birds.iter().all(|bird| {
+            bird.birdc(&["show", "protocols"])
+                .lines()
+                .filter(|l| l.contains("BGP") && l.contains("Established"))
+                .count()
+                == 2
+        })
+    });
+    assert!(
+        established.is_some(),
+        "BGP sessions not established:\n{}\n{}",
+        birds[0].birdc(&["show", "protocols", "all"]),
+        std::fs::read_to_string(net.dir.0.join("bird1.log")).unwrap_or_default()
+    );
+    // A's BIRD knows two ways to B's LAN: sitelink's (from the kernel, preferred) and C's.
+    let lan_b = b.lan();
+    let known = wait_for(Duration::from_secs(20), || {
+        let r = birds[0].birdc(&["show", "route", &lan_b]);
+        r.contains("[krt") && r.contains("[site3")
+    });
+    assert!(
+        known.is_some(),
+        "A's BIRD does not have both routes:\n{}",
+        birds[0].birdc(&["show", "route", "all"])
+    );
+    assert_eq!(routes_for(&a.gw, &lan_b), ["52"], "before the cut");
+
+    let relayed = |s: &serde_json::Value| peer(s, "site-2")["tx_bytes"].as_u64().unwrap();
+    let c_before = relayed(&net.show_json(3));
+    let server: SocketAddr = format!("{}:5302", b.host_ip()).parse().unwrap();
+    let (mut moved, mut back, mut bird_view) = (None, None, String::new());
+    let report = tcp_stream_during(&a.host, &b.host, server, Duration::from_secs(20), || {
+        thread::sleep(Duration::from_secs(3));
+        cut_between(&net.router, &a.wan(), &b.wan(), true);
+        moved = wait_for(Duration::from_secs(15), || {
+            routes_for(&a.gw, &lan_b) == ["bird via 198.18.200.3"]
+        });
+        bird_view = birds[0].birdc(&["show", "route", &lan_b]);
+        thread::sleep(Duration::from_secs(4));
+        cut_between(&net.router, &a.wan(), &b.wan(), false);
+        back = wait_for(Duration::from_secs(20), || {
+            routes_for(&a.gw, &lan_b) == ["52"]
+        });
+    });
+    let c_after = relayed(&net.show_json(3));
+    eprintln!(
+        "BIRD: A's route to B's LAN moved via C {moved:?} after the cut, back to the direct \
+         tunnel {back:?} after the heal; TCP stream: {} bytes sent, {} verified, longest gap \
+         {:?}; C relayed {} bytes to B. A's BIRD during the cut:\n{bird_view}",
+        report.sent,
+        report.verified,
+        report.max_gap,
+        c_after - c_before
+    );
+    assert!(
+        moved.is_some(),
+        "A's kernel route did not move via C: {:?}\n{bird_view}",
+        routes_for(&a.gw, &lan_b)
+    );
+    assert!(
+        bird_view.contains("via 198.18.200.3") && !bird_view.contains("[krt"),
+        "{bird_view}"
+    );
+    assert!(
+        back.is_some(),
+        "sitelink's route did not come back alone: {:?}",
+        routes_for(&a.gw, &lan_b)
+    );
+    assert_eq!(
+        report.verified, report.sent,
+        "stream lost or corrupted bytes"
+    );
+    assert!(c_after - c_before > 1 << 20, "C relayed too little");
+}
