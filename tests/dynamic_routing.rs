@@ -6,9 +6,9 @@
 
 use std::net::SocketAddr;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sitelink_tests::{bin, peer, tcp_stream_during, Internet, Netns, Process, Site};
+use sitelink_tests::{bin, peer, tcp_stream_during, wait_for, Internet, Netns, Process, Site};
 
 /// A `[[peer]]` for `site` with keepalives every second (liveness is judged from them).
 fn fast_peer(site: &Site, name: &str, allowed_ips: &[&str]) -> String {
@@ -38,18 +38,6 @@ fn kernel_routes(ns: &Netns, iface: &str) -> Vec<(String, String)> {
 
 fn has_route(ns: &Netns, iface: &str, dst: &str) -> bool {
     kernel_routes(ns, iface).iter().any(|(d, _)| d == dst)
-}
-
-/// Waits up to `within` for `cond`; returns how long it took.
-fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 /// Drops (or, with `cut = false`, lets through again) the UDP between two WAN addresses

@@ -758,6 +758,18 @@ impl Sites {
     }
 }
 
+/// Polls `cond` every 20 ms for up to `within`; returns how long it took to hold.
+pub fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// What a timed TCP stream saw.
 #[derive(Debug)]
 pub struct StreamReport {

@@ -99,6 +99,9 @@ pub struct Interface {
     /// (`$1` the peer's name, `$2` "up" or "down"; environment `SITELINK_*`).
     pub on_peer_up: Option<String>,
     pub on_peer_down: Option<String>,
+    /// `ha = "vrrp"` with `ha-address`: one of an HA pair, active only while this virtual
+    /// address (moved by keepalived) is on this host.
+    pub ha_address: Option<std::net::IpAddr>,
 }
 
 /// Routes sitelinkd installs carry this protocol number unless `route-protocol` says
@@ -489,6 +492,8 @@ struct RawInterface {
     up_after: Option<Spanned<Int>>,
     on_peer_up: Option<Spanned<String>>,
     on_peer_down: Option<Spanned<String>>,
+    ha: Option<Spanned<String>>,
+    ha_address: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -916,6 +921,7 @@ fn build_interface(
     };
     let on_peer_up = command(&raw.on_peer_up, "on-peer-up")?;
     let on_peer_down = command(&raw.on_peer_down, "on-peer-down")?;
+    let ha_address = build_ha(&raw, &err)?;
 
     Ok(Interface {
         name,
@@ -936,7 +942,62 @@ fn build_interface(
         up_after,
         on_peer_up,
         on_peer_down,
+        ha_address,
     })
+}
+
+/// `ha` and `ha-address`: both or neither.
+fn build_ha(
+    raw: &RawInterface,
+    err: &dyn Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<Option<std::net::IpAddr>, ConfigError> {
+    let mode = match &raw.ha {
+        None => None,
+        Some(m) if m.get_ref() == "vrrp" => Some(m),
+        Some(m) if m.get_ref() == "off" => None,
+        Some(m) => {
+            return Err(err(
+                m.span(),
+                "ha",
+                format!(
+                    "{:?} is not an HA mode; use \"vrrp\" (active while ha-address is on this \
+                     host, moved by keepalived) or \"off\"",
+                    m.get_ref()
+                ),
+            ))
+        }
+    };
+    match (mode, &raw.ha_address) {
+        (None, None) => Ok(None),
+        (Some(m), None) => Err(err(
+            m.span(),
+            "ha-address",
+            "required with ha = \"vrrp\": the virtual address keepalived moves to the active \
+             gateway, e.g. ha-address = \"198.51.100.10\" (the peers use it as endpoint)"
+                .into(),
+        )),
+        (None, Some(a)) if raw.ha.is_none() => Err(err(
+            a.span(),
+            "ha-address",
+            "set without ha = \"vrrp\"; add it, or remove ha-address".into(),
+        )),
+        (None, Some(_)) => Ok(None),
+        (Some(_), Some(a)) => a
+            .get_ref()
+            .parse::<std::net::IpAddr>()
+            .map(Some)
+            .map_err(|_| {
+                err(
+                    a.span(),
+                    "ha-address",
+                    format!(
+                        "{:?} is not an IP address; give the virtual address alone, without a \
+                         prefix or port, e.g. \"198.51.100.10\"",
+                        a.get_ref()
+                    ),
+                )
+            }),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

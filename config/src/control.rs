@@ -122,6 +122,20 @@ pub struct InterfaceStatus {
     /// The config file the daemon loaded (`null` for an interface without one).
     #[serde(default)]
     pub config_path: Option<String>,
+    /// One of an HA pair (`ha = "vrrp"`): its virtual address and whether this gateway is
+    /// `active` (the address is here) or `standby`; `null` without HA.
+    #[serde(default)]
+    pub ha: Option<HaStatus>,
+}
+
+/// See [`InterfaceStatus::ha`]. `error` says why a gateway that has the address is not
+/// active (its clock is behind the last handshake it sent).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HaStatus {
+    pub address: String,
+    pub state: String,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Handshake messages: queued for the handshake thread, dropped because the queue was full,

@@ -540,6 +540,12 @@ fn render(status: &Status, now: SystemTime) -> String {
     if !i.table.is_empty() && i.table != "auto" {
         out += &format!("  table: {}\n", i.table);
     }
+    if let Some(ha) = &i.ha {
+        out += &format!("  ha: {} (virtual address {})\n", ha.state, ha.address);
+        if let Some(error) = &ha.error {
+            out += &format!("    error: {error}\n");
+        }
+    }
     if !i.addresses.is_empty() {
         out += &format!("  addresses: {}\n", i.addresses.join(", "));
     }
@@ -779,6 +785,7 @@ mod tests {
                     ..Default::default()
                 },
                 config_path: Some("/etc/sitelink/sl0.toml".into()),
+                ha: None,
             },
             peers: vec![
                 peer("never", None),

@@ -393,6 +393,18 @@ fn interface_status(state: &State, engine: &Engine) -> InterfaceStatus {
         dropped,
         handshakes: state.handshakes.stats.snapshot(),
         config_path: Some(state.config.path.display().to_string()),
+        ha: iface
+            .ha_address
+            .map(|address| sitelink_config::control::HaStatus {
+                address: address.to_string(),
+                state: if engine.is_standby() {
+                    "standby"
+                } else {
+                    "active"
+                }
+                .into(),
+                error: state.ha_error.clone(),
+            }),
     }
 }
 

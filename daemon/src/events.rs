@@ -15,8 +15,9 @@
 //! A line, e.g.:
 //! `{"time":1764693600.125,"interface":"sl0","event":"peer-down","peer":"site-b","public_key":"...","silent_s":3.1}`
 //! `event` is `handshake`, `endpoint` (with `endpoint`), `peer-up`, `peer-down` (with
-//! `silent_s`), `routes` (with `added` and `removed`, route texts), or `lost` (with `count`:
-//! events this subscriber missed because it read too slowly).
+//! `silent_s`), `routes` (with `added` and `removed`, route texts), `ha` (with `state`:
+//! `active` or `standby`), or `lost` (with `count`: events this subscriber missed because it
+//! read too slowly).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,6 +59,13 @@ impl Hub {
         Box::new(move || notify.notify_one())
     }
 
+    /// An HA role change: `{"event":"ha","state":"active"}` (or `"standby"`).
+    pub fn ha(&self, interface: &str, active: bool) {
+        let mut line = Line::new(interface, "ha", SystemTime::now());
+        line.state = Some(if active { "active" } else { "standby" });
+        self.send(line);
+    }
+
     fn send(&self, line: Line<'_>) {
         match serde_json::to_string(&line) {
             // No subscribers is not an error.
@@ -87,6 +95,8 @@ pub struct Line<'a> {
     removed: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
 }
 
 impl<'a> Line<'a> {
@@ -104,6 +114,7 @@ impl<'a> Line<'a> {
             added: None,
             removed: None,
             count: None,
+            state: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod control;
 mod dataplane;
 mod dns;
 mod events;
+mod ha;
 mod handshakes;
 mod hooks;
 mod metrics;
@@ -110,11 +111,16 @@ async fn serve(config: Config) -> Result<()> {
     // set with the rest of the configuration.
     let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0), None)?;
     let listen_port = udp.local_port()?;
-    let engine = Arc::new(Mutex::new(Engine::new(
+    let mut engine = Engine::new(
         iface.private_key.as_ref(),
         Instant::now(),
         SystemTime::now(),
-    )));
+    );
+    if iface.ha_address.is_some() {
+        // One of an HA pair: standby until the virtual address is seen here (`ha.rs`).
+        engine.set_active(false, None);
+    }
+    let engine = Arc::new(Mutex::new(engine));
     let netlink = netlink::Netlink::open(index, iface.name.as_str(), iface.route_protocol)?;
     let (plane, commands, wake, stop) =
         dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
@@ -263,6 +269,20 @@ async fn run_interface(
     tokio::spawn(report_status(Arc::clone(&state), memory));
     let hub = Arc::clone(&state.lock().await.events);
     tokio::spawn(events::run(Arc::clone(&state), hub, hooks::Hooks::start()));
+    let ha_address = state.lock().await.config.interface.ha_address;
+    if let Some(vip) = ha_address {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Err(e) = ha::watch(Arc::clone(&state), vip).await {
+                // Without the watch the role cannot follow the address: better no gateway
+                // than two active ones.
+                tracing::error!("HA: {e:#}; going standby");
+                if let Err(e) = state.lock().await.set_ha(false).await {
+                    tracing::error!("HA: {e:#}");
+                }
+            }
+        });
+    }
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -354,10 +374,16 @@ async fn report_status(state: Arc<tokio::sync::Mutex<State>>, mut memory: Option
     loop {
         tick.tick().await;
         let (line, snapshot) = {
-            let state = state.lock().await;
-            let snapshot = memory
-                .as_ref()
-                .map(|_| persist::snapshot(&state.lock_engine()));
+            let mut state = state.lock().await;
+            let (snapshot, latest) = {
+                let engine = state.lock_engine();
+                let snapshot = memory.as_ref().map(|_| persist::snapshot(&engine));
+                let latest = state.clock.as_ref().and_then(|_| engine.last_initiation());
+                (snapshot, latest)
+            };
+            if let Some(clock) = state.clock.as_mut() {
+                clock.advance(latest);
+            }
             (state.status_line(), snapshot)
         };
         if line != last {

@@ -194,7 +194,7 @@ async fn respond(
 pub struct Snapshot {
     pub interface: String,
     pub peers: Vec<PeerMetrics>,
-    pub dropped: [(&'static str, u64); 9],
+    pub dropped: [(&'static str, u64); 10],
     pub handshakes: HandshakeCounters,
 }
 

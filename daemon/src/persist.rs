@@ -52,9 +52,14 @@ pub struct Entry {
 
 /// Where `interface`'s state lives: under the first directory of `$STATE_DIRECTORY`.
 pub fn path(interface: &str) -> Option<PathBuf> {
+    state_file(interface, "peers.json")
+}
+
+/// `$STATE_DIRECTORY/<interface>.<suffix>` (the first directory of the variable).
+fn state_file(interface: &str, suffix: &str) -> Option<PathBuf> {
     let dirs = std::env::var_os("STATE_DIRECTORY")?;
     let first = dirs.to_str()?.split(':').next().filter(|d| !d.is_empty())?;
-    Some(Path::new(first).join(format!("{interface}.peers.json")))
+    Some(Path::new(first).join(format!("{interface}.{suffix}")))
 }
 
 /// Reads the file, with its modification time; `Ok(None)` if there is none yet.
@@ -179,6 +184,55 @@ impl Memory {
             Err(_) => {}
         }
     }
+}
+
+/// The handshake clock: the wall-clock time of the latest initiation sent from here, in
+/// `$STATE_DIRECTORY/<interface>.clock` (Unix milliseconds, one line). WireGuard peers refuse
+/// an initiation whose timestamp is not newer than the last they accepted from this key, so a
+/// gateway whose clock is behind that time would be refused until its clock catches up; an HA
+/// gateway checks it before it goes active (see `ha.rs`). Written at most every few seconds,
+/// only when it moved forward.
+pub struct HandshakeClock {
+    path: PathBuf,
+    saved: Option<SystemTime>,
+}
+
+impl HandshakeClock {
+    /// The clock file of `interface`, if there is a state directory.
+    pub fn open(interface: &str) -> Option<Self> {
+        let path = state_file(interface, "clock")?;
+        let saved = read_clock(&path);
+        Some(Self { path, saved })
+    }
+
+    /// The latest initiation time on record (from a previous run, or saved since).
+    pub fn saved(&self) -> Option<SystemTime> {
+        self.saved
+    }
+
+    /// Records `latest` if it is later than what the file holds.
+    pub fn advance(&mut self, latest: Option<SystemTime>) {
+        let Some(latest) = latest else { return };
+        if self.saved.is_some_and(|s| s >= latest) {
+            return;
+        }
+        let millis = latest
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        match sitelink_config::save::write_atomic(&self.path, format!("{millis}\n").as_bytes()) {
+            Ok(()) => self.saved = Some(latest),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot record the handshake clock: {e}")
+            }
+        }
+    }
+}
+
+/// The time in a clock file; `None` if there is none or it does not parse (it is rewritten).
+fn read_clock(path: &Path) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let millis: u64 = text.trim().parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(millis))
 }
 
 impl Remembered {

@@ -53,6 +53,11 @@ pub struct State {
     pub handshakes: Arc<crate::handshakes::Queue>,
     /// Where peer events go (`sitelinkctl events` subscribes here).
     pub events: Arc<crate::events::Hub>,
+    /// The time of the latest initiation sent from here, on disk (with a state directory).
+    pub clock: Option<persist::HandshakeClock>,
+    /// Why an HA gateway that has the virtual address is not active (`None`: it is, or it
+    /// does not have the address).
+    pub ha_error: Option<String>,
     netlink: Netlink,
     /// The routes and rules `config` asks for (what the kernel has, as far as we made it).
     routing: Routing,
@@ -196,6 +201,8 @@ impl State {
             plane,
             handshakes,
             events: Arc::default(),
+            clock: persist::HandshakeClock::open(iface.name.as_str()),
+            ha_error: None,
             netlink,
             routing: Routing::default(),
             index: PeerIndex::default(),
@@ -542,10 +549,12 @@ impl State {
     /// for): with `withdraw-when-down`, every peer that the engine does not have up. Rules
     /// stay: without the table's routes they route nothing.
     fn leave_out_withdrawn(&self, iface: &Interface, peers: &[Arc<Peer>], routing: &mut Routing) {
-        if !iface.withdraw_when_down {
+        let engine = self.lock_engine();
+        // A standby routes nothing (its twin has the sessions).
+        let standby = engine.is_standby();
+        if !standby && !iface.withdraw_when_down {
             return;
         }
-        let engine = self.lock_engine();
         let withdrawn: std::collections::HashSet<Cidr> = peers
             .iter()
             .filter(|p| {
@@ -554,7 +563,7 @@ impl State {
                     .get(&p.public_key)
                     .and_then(|id| engine.peer_view(*id))
                     .is_some_and(|v| v.liveness.state == "up");
-                !up
+                standby || !up
             })
             .flat_map(|p| p.allowed_ips.iter().map(Cidr::network))
             .collect();
@@ -596,6 +605,48 @@ impl State {
             texts(&change.routing.add_routes),
             texts(&change.routing.remove_routes),
         ))
+    }
+}
+
+/// How far behind the last initiation it sent a gateway's clock may be and still go active:
+/// peers would refuse its initiations until the clock passes that time.
+const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl State {
+    /// HA (`ha = "vrrp"`): makes this gateway active (the virtual address is here) or the
+    /// standby. Going active is refused while the clock is more than [`CLOCK_SLACK`] behind the
+    /// latest initiation on record (the error says by how much; the caller retries). Returns
+    /// whether anything changed.
+    pub async fn set_ha(&mut self, active: bool) -> Result<bool> {
+        let Some(vip) = self.config.interface.ha_address else {
+            return Ok(false);
+        };
+        if active {
+            let saved = self.clock.as_ref().and_then(persist::HandshakeClock::saved);
+            if let Some(behind) = saved.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
+                if behind > CLOCK_SLACK {
+                    let error = format!(
+                        "not going active although {vip} is here: the clock is {:.1} s behind the \
+                         last handshake this key sent (state directory); peers would refuse our \
+                         initiations until it catches up. Sync the clock (NTP) on both gateways \
+                         of the pair",
+                        behind.as_secs_f64()
+                    );
+                    self.ha_error = Some(error.clone());
+                    bail!(error);
+                }
+            }
+        }
+        self.ha_error = None;
+        if self.lock_engine().is_standby() != active {
+            return Ok(false);
+        }
+        self.lock_engine().set_active(active, Some(vip));
+        let (added, removed) = self.sync_withdrawn().await?;
+        tracing::info!(address = %vip, routes_added = added.len(), routes_removed = removed.len(),
+            "{}", if active { "HA: active (the virtual address is here); initiating to every peer" }
+                  else { "HA: standby (the virtual address is elsewhere)" });
+        Ok(true)
     }
 }
 

@@ -176,6 +176,8 @@ pub struct Health {
     pub failures: Failures,
     /// When an authenticated datagram from the peer last arrived.
     pub last_received: Option<Instant>,
+    /// When we last sent it an initiation (its TAI64N timestamp is the wall clock then).
+    pub last_initiation: Option<Instant>,
 }
 
 /// Authenticated traffic this recent shows a session working even while a rekey goes
@@ -191,6 +193,7 @@ impl Health {
             endpoint_source,
             failures: Failures::default(),
             last_received: None,
+            last_initiation: None,
         }
     }
 
@@ -210,6 +213,7 @@ impl Health {
         }
         self.attempts = self.attempts.saturating_add(1);
         self.trying_since.get_or_insert(now);
+        self.last_initiation = Some(now);
     }
 
     /// A handshake completed (either direction).

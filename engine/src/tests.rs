@@ -1749,3 +1749,62 @@ fn roaming_and_flapping_are_events_and_a_flap_stays_down() {
     );
     assert_eq!(p.status_a().liveness.state, "down");
 }
+
+#[test]
+fn a_standby_sends_and_answers_nothing_and_becomes_active_in_one_round_trip() {
+    let mut p = pair(Some(1));
+    p.a.engine.set_active(false, None);
+    let before = p.sent.len();
+    p.advance(Duration::from_secs(3));
+    assert_eq!(
+        p.sent
+            .iter()
+            .skip(before)
+            .filter(|(_, from, _)| *from == p.a.addr)
+            .count(),
+        0,
+        "a standby sent something"
+    );
+    assert_eq!(
+        p.a.engine.routes().lookup("198.19.2.5".parse().unwrap()),
+        None
+    );
+    assert!(p.a.engine.is_standby());
+    // B's initiations (it has A's endpoint and data to send) are not answered.
+    p.tun_in(
+        p.b.addr,
+        &ipv4([198, 19, 2, 5], [198, 19, 1, 5], b"to the standby"),
+    );
+    p.settle();
+    assert!(p.a.engine.counters().standby >= 1);
+    assert!(p.status_b().last_handshake.is_none());
+
+    // Active, from a virtual address: the initiation goes at the next timer run, from it.
+    let vip: IpAddr = "198.18.0.100".parse().unwrap();
+    p.a.aliases.push(SocketAddr::new(vip, 51820));
+    let at = MockClock::time();
+    p.a.engine.set_active(true, Some(vip));
+    p.advance(Duration::from_millis(100));
+    let first = p
+        .sent
+        .iter()
+        .find(|(t, from, d)| {
+            *t >= at && *from != p.b.addr && d.first() == Some(&TYPE_HANDSHAKE_INIT)
+        })
+        .expect("an initiation after going active");
+    assert_eq!(
+        first.1,
+        SocketAddr::new(vip, 51820),
+        "sent from the virtual address"
+    );
+    assert!(first.0 - at <= Duration::from_millis(100));
+    assert!(
+        p.status_a().last_handshake.is_some(),
+        "no handshake within one round trip"
+    );
+    assert_eq!(
+        p.a.engine.routes().lookup("198.19.2.5".parse().unwrap()),
+        Some(p.status_a().id)
+    );
+    assert_eq!(p.status_b().endpoint, Some(SocketAddr::new(vip, 51820)));
+}

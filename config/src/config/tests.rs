@@ -1803,3 +1803,44 @@ fn withdraw_when_down_needs_a_keepalive_on_every_peer() {
         "{e}"
     );
 }
+
+#[test]
+fn ha_needs_a_virtual_address() {
+    let text = |extra: &str| format!("{}{extra}", interface());
+    assert_eq!(parse(&text("")).unwrap().interface.ha_address, None);
+    assert_eq!(
+        parse(&text("ha = \"off\"\n")).unwrap().interface.ha_address,
+        None
+    );
+    assert_eq!(
+        parse(&text("ha = \"vrrp\"\nha-address = \"198.51.100.10\"\n"))
+            .unwrap()
+            .interface
+            .ha_address,
+        Some("198.51.100.10".parse().unwrap())
+    );
+    expect_error(
+        &text("ha = \"vrrp\"\n"),
+        3,
+        "interface: ha-address",
+        &["required with ha = \"vrrp\"", "endpoint"],
+    );
+    expect_error(
+        &text("ha-address = \"198.51.100.10\"\n"),
+        3,
+        "interface: ha-address",
+        &["without ha = \"vrrp\""],
+    );
+    expect_error(
+        &text("ha = \"carp\"\nha-address = \"198.51.100.10\"\n"),
+        3,
+        "interface: ha",
+        &["\"carp\" is not an HA mode", "\"vrrp\""],
+    );
+    expect_error(
+        &text("ha = \"vrrp\"\nha-address = \"198.51.100.10/24\"\n"),
+        4,
+        "interface: ha-address",
+        &["not an IP address", "without a prefix"],
+    );
+}
