@@ -36,8 +36,8 @@ struct Member {
 }
 
 struct Pair {
-    /// Kept for its namespace (removed on drop).
-    _router: Netns,
+    /// Between site A's WAN segment (a bridge) and site B.
+    router: Netns,
     lan: Netns,
     a: [Member; 2],
     b: Netns,
@@ -107,7 +107,7 @@ impl Pair {
         let a_key = dir.write("a.key", &format!("{a_private}\n"), 0o600);
         dir.write("b.key", &format!("{b_private}\n"), 0o600);
         Self {
-            _router: router,
+            router,
             lan,
             a: members,
             b,
@@ -385,4 +385,66 @@ fn a_gateway_with_its_clock_behind_the_last_handshake_stays_standby_and_says_why
         text.contains("ha: standby") && text.contains("s behind the last handshake"),
         "{text}"
     );
+}
+
+/// Drops VRRP (IP protocol 112) on a bridge in `ns` (`cut`), or lets it through again.
+fn block_vrrp(ns: &Netns, cut: bool) {
+    let script = if cut {
+        "table bridge sitelink_test_split {\n chain forward {\n  type filter hook forward priority 0;\n  \
+         ether type ip ip protocol 112 drop\n }\n}\n"
+            .to_string()
+    } else {
+        "delete table bridge sitelink_test_split\n".to_string()
+    };
+    let out = sitelink_tests::pipe(ns.cmd("nft").args(["-f", "-"]), &script);
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A split: VRRP between the two gateways cut on both segments, so that both hold the virtual
+/// addresses and both are active, for 5 s. After it heals, the pair settles on A1 and the link
+/// to B works again, bytes intact, within WireGuard's own recovery (a rekey at most).
+#[test]
+fn after_a_split_with_both_gateways_active_the_pair_settles_and_the_link_recovers() {
+    let pair = Pair::new();
+    let _b = pair.start_b();
+    let _a1 = pair.start_member(0);
+    let _a2 = pair.start_member(1);
+    let _k1 = pair.start_keepalived(0);
+    let _k2 = pair.start_keepalived(1);
+    assert!(wait_for(Duration::from_secs(20), || pair.ha_state(0) == "active").is_some());
+    assert!(pair.lan.ping_until("198.19.2.10", Duration::from_secs(15)));
+
+    block_vrrp(&pair.router, true);
+    block_vrrp(&pair.lan, true);
+    let both = wait_for(Duration::from_secs(10), || {
+        pair.ha_state(0) == "active" && pair.ha_state(1) == "active"
+    });
+    assert!(both.is_some(), "the split did not make A2 active too");
+    thread::sleep(Duration::from_secs(5));
+    block_vrrp(&pair.router, false);
+    block_vrrp(&pair.lan, false);
+    let settled = wait_for(Duration::from_secs(10), || {
+        pair.ha_state(0) == "active" && pair.ha_state(1) == "standby"
+    });
+    assert!(settled.is_some(), "the pair did not settle on A1");
+    let recovered = wait_for(Duration::from_secs(150), || {
+        pair.lan
+            .ping_until("198.19.2.10", Duration::from_millis(500))
+    });
+    eprintln!(
+        "HA split: both active {both:?} after VRRP was cut; settled {settled:?} after it \
+         healed; host A reached host B again {recovered:?} later"
+    );
+    assert!(
+        recovered.is_some(),
+        "no traffic 150 s after the split healed"
+    );
+    let server: SocketAddr = "198.19.2.10:5403".parse().unwrap();
+    let len = 2 << 20;
+    let (sent, ok) = sitelink_tests::tcp_transfer(&pair.lan, &pair.host_b, server, len);
+    assert_eq!((sent, ok), (len, len), "transfer after the split");
 }
