@@ -185,3 +185,53 @@ pub async fn run(state: Arc<Mutex<State>>, hub: Arc<Hub>, hooks: Hooks) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sitelink_config::PrivateKey;
+
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_json_object_with_only_its_fields() {
+        let key = PrivateKey::generate().public_key();
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_693_600_125);
+        let down = Event {
+            at,
+            peer: "site-b".into(),
+            public_key: key,
+            kind: EventKind::Down {
+                silent: Duration::from_millis(3100),
+            },
+        };
+        let text = serde_json::to_string(&Line::of("sl0", &down)).unwrap_or_default();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"time":1764693600.125,"interface":"sl0","event":"peer-down","peer":"site-b","public_key":"{key}","silent_s":3.1}}"#
+            )
+        );
+        let moved = Event {
+            kind: EventKind::Endpoint {
+                endpoint: "198.18.0.7:51820"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+            },
+            ..down
+        };
+        let text = serde_json::to_string(&Line::of("sl0", &moved)).unwrap_or_default();
+        assert!(
+            text.contains(r#""event":"endpoint","#)
+                && text.contains(r#""endpoint":"198.18.0.7:51820""#),
+            "{text}"
+        );
+        assert!(!text.contains("silent_s"), "{text}");
+        let lost = serde_json::to_string(&Line::lost("sl0", 7)).unwrap_or_default();
+        assert!(
+            lost.contains(r#""event":"lost""#) && lost.contains(r#""count":7"#),
+            "{lost}"
+        );
+    }
+}
