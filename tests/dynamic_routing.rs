@@ -51,12 +51,7 @@ fn cut_between(router: &Netns, x: &str, y: &str, cut: bool) {
     } else {
         "delete table inet sitelink_test_cut\n".to_string()
     };
-    let out = sitelink_tests::pipe(router.cmd("nft").args(["-f", "-"]), &script);
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    router.nft(&script);
 }
 
 /// Sites 1 (A), 2 (B) and 3 (C) over one internet. A and B peer directly, and each also

@@ -357,12 +357,7 @@ fn mss_clamping_carries_tcp_where_icmp_is_filtered() {
     let sites = Sites::new();
     for host in [&sites.host_a, &sites.host_b] {
         let rules = "table inet sitelink_test {\n  chain input {\n    type filter hook input priority 0;\n    icmp type destination-unreachable drop\n    icmpv6 type packet-too-big drop\n  }\n}\n";
-        let out = sitelink_tests::pipe(host.cmd("nft").args(["-f", "-"]), rules);
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        host.nft(rules);
     }
     let pair = sites.start_pair(true, "");
     assert!(sites

@@ -396,12 +396,7 @@ fn block_vrrp(ns: &Netns, cut: bool) {
     } else {
         "delete table bridge sitelink_test_split\n".to_string()
     };
-    let out = sitelink_tests::pipe(ns.cmd("nft").args(["-f", "-"]), &script);
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.nft(&script);
 }
 
 /// A split: VRRP between the two gateways cut on both segments, so that both hold the virtual

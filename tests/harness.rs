@@ -94,6 +94,17 @@ impl Netns {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// Loads an nftables script (`nft -f -`) in this namespace; panics with nft's error.
+    pub fn nft(&self, script: &str) {
+        let out = pipe(self.cmd("nft").args(["-f", "-"]), script);
+        assert!(
+            out.status.success(),
+            "nft in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         run(self.cmd("sysctl").args(["-qw", &format!("{key}={value}")]));
     }
