@@ -485,7 +485,7 @@ impl Serialize for PeerJson<'_> {
         out.serialize_field("resolved_at", &resolved_at)?;
         let l = &p.liveness;
         let liveness = sitelink_config::control::PeerLiveness {
-            state: l.state.to_string(),
+            state: l.live.as_str().to_string(),
             since: unix_seconds(l.since),
             withdrawn: l.withdrawn,
         };

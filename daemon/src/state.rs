@@ -562,7 +562,7 @@ impl State {
                     .ids
                     .get(&p.public_key)
                     .and_then(|id| engine.peer_view(*id))
-                    .is_some_and(|v| v.liveness.state == "up");
+                    .is_some_and(|v| v.liveness.live == sitelink_engine::Live::Up);
                 standby || !up
             })
             .flat_map(|p| p.allowed_ips.iter().map(Cidr::network))

@@ -67,7 +67,8 @@ use boringtun::x25519;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 
 use crate::health::{EndpointSource, Health, LinkState};
-use crate::liveness::{Event, EventKind, Live, Liveness, Verdict};
+pub use crate::liveness::Live;
+use crate::liveness::{Event, EventKind, Liveness, Verdict};
 use crate::log_limit::{LogKind, LogLimiter};
 pub use crate::peers::PeerId;
 use crate::peers::{Peer, Peers};
@@ -213,8 +214,8 @@ pub struct PeerInfo<N, A> {
 /// A peer's [`liveness`] as status reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessInfo {
-    /// "up", "hold-down" or "down".
-    pub state: &'static str,
+    /// Up, holding down or down ([`Live::as_str`] names it).
+    pub live: Live,
     pub since: SystemTime,
     /// Its prefixes are out of the routing table (`withdraw-when-down`).
     pub withdrawn: bool,
@@ -889,11 +890,7 @@ impl Engine {
             session: p.session.is_some(),
             health: self.health_info(p),
             liveness: LivenessInfo {
-                state: match p.liveness.live {
-                    Live::Up => "up",
-                    Live::HoldDown { .. } => "hold-down",
-                    Live::Down => "down",
-                },
+                live: p.liveness.live,
                 since: self.wall_at(p.liveness.since),
                 withdrawn: p.liveness.withdrawn,
             },

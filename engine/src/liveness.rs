@@ -77,6 +77,17 @@ pub enum Live {
     Up,
 }
 
+impl Live {
+    /// "up", "hold-down" or "down", as `show` says it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Live::Up => "up",
+            Live::HoldDown { .. } => "hold-down",
+            Live::Down => "down",
+        }
+    }
+}
+
 /// A peer's liveness record.
 #[derive(Debug, Clone)]
 pub struct Liveness {

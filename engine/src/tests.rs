@@ -1630,7 +1630,7 @@ fn liveness_holds_down_withdraws_when_silent_and_comes_back() {
     assert_eq!((kinds(&events), lost), (vec!["handshake"; 2], 0));
     assert_eq!((&*events[0].peer, &*events[1].peer), ("hub", "site-b"));
     assert_eq!(
-        peer_named(&p.a.engine, "site-b").liveness.state,
+        peer_named(&p.a.engine, "site-b").liveness.live.as_str(),
         "hold-down"
     );
     assert_eq!(route(&p), None);
@@ -1670,7 +1670,7 @@ fn liveness_holds_down_withdraws_when_silent_and_comes_back() {
     p.isolated.clear();
     p.advance(Duration::from_millis(1500));
     assert_eq!(
-        peer_named(&p.a.engine, "site-b").liveness.state,
+        peer_named(&p.a.engine, "site-b").liveness.live.as_str(),
         "hold-down"
     );
     assert_eq!(route(&p), Some(hub));
@@ -1747,7 +1747,7 @@ fn roaming_and_flapping_are_events_and_a_flap_stays_down() {
         vec![],
         "a flap shorter than up-after"
     );
-    assert_eq!(p.status_a().liveness.state, "down");
+    assert_eq!(p.status_a().liveness.live.as_str(), "down");
 }
 
 #[test]
