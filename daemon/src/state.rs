@@ -638,10 +638,13 @@ impl State {
             }
         }
         self.ha_error = None;
-        if self.lock_engine().is_standby() != active {
-            return Ok(false);
+        {
+            let mut engine = self.lock_engine();
+            if engine.is_standby() != active {
+                return Ok(false);
+            }
+            engine.set_active(active, Some(vip));
         }
-        self.lock_engine().set_active(active, Some(vip));
         let (added, removed) = self.sync_withdrawn().await?;
         tracing::info!(address = %vip, routes_added = added.len(), routes_removed = removed.len(),
             "{}", if active { "HA: active (the virtual address is here); initiating to every peer" }
