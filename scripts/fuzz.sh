@@ -16,6 +16,8 @@
 # -timeout=10 (one input taking 10 s is a hang). FUZZ_SECONDS overrides the 10 s of --ci;
 # FUZZ_MAX_SECONDS ends a --long run after that many seconds even if EXECS is not reached
 # (the engine targets run a few hundred inputs a second: every input is new handshakes).
+# FUZZ_JOBS=N runs a --long run as N parallel jobs (libFuzzer's -fork=N; one per core), the
+# executions counted over all of them.
 set -euo pipefail
 
 cd "$(dirname "$0")/../fuzz"
@@ -126,6 +128,11 @@ summary() {
     local log=$1 execs rate rss cov
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    if [[ -z $execs ]]; then
+        # A forked run (FUZZ_JOBS) prints no final stats: its last "#N: ... time: Ts" line.
+        read -r execs rate < <(sed -n 's/^#\([0-9]*\): .* time: \([0-9]*\)s .*/\1 \2/p' "$log" |
+            tail -n 1 | awk '{ printf "%d %d\n", $1, ($2 > 0 ? $1 / $2 : 0) }')
+    fi
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")
     cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)
     echo "${execs:-?} execs, ${rate:-?} exec/s, peak RSS ${rss:-?} MB, ${cov:-no coverage line}"
@@ -146,7 +153,11 @@ long() {
     start=$(now)
     echo "fuzz.sh: fuzzing $target for $execs executions (log: fuzz/$log, corpus: fuzz/work/$target)"
     # nice: a long run must not slow down whatever else the machine does.
-    nice -n 19 "$bin" -runs="$execs" -max_total_time="${FUZZ_MAX_SECONDS:-0}" \
+    local jobs=()
+    if [[ ${FUZZ_JOBS:-1} -gt 1 ]]; then
+        jobs=(-fork="$FUZZ_JOBS")
+    fi
+    nice -n 19 "$bin" "${jobs[@]}" -runs="$execs" -max_total_time="${FUZZ_MAX_SECONDS:-0}" \
         -print_final_stats=1 $(limits "$target") \
         "work/$target" "corpus/$target" >"$log" 2>&1 || status=$?
     local wall
@@ -154,7 +165,7 @@ long() {
     check_run "$target" "$log" "$status" "$bin"
     echo "fuzz.sh: $target: $(summary "$log"), wall time $wall s, no crashes"
     local done
-    done=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    done=$(summary "$log" | awk '{ print $1 }')
     if [[ ${done:-0} -lt $execs ]]; then
         echo "fuzz.sh: stopped by FUZZ_MAX_SECONDS=$FUZZ_MAX_SECONDS before $execs executions"
     fi
