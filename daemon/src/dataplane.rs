@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use sitelink_engine::{handshake, Engine, Instant, Received};
+use sitelink_engine::{handshake, DataPath, Engine, Fast, Instant, Received};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::handshakes;
@@ -129,6 +129,7 @@ impl DataPlane {
         let state = UdpSocketState::new((&self.udp.socket).into())?;
         let gso_segments = state.max_gso_segments();
         let mut io = Io {
+            data: lock(&self.engine).data_path(),
             gso_segments,
             gso_probed: None,
             tun: &self.tun,
@@ -215,12 +216,38 @@ fn drain_wakeups(wake: &UnixDatagram) {
 }
 
 /// Locks the engine. Every user of the shared engine goes through here.
-pub fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+pub fn lock(engine: &Mutex<Engine>) -> EngineGuard<'_> {
     // A panic while holding the lock would be a bug in the engine; its state is still
     // consistent enough to keep forwarding, so we take it rather than wedge the loop.
-    engine
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    EngineGuard(
+        engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+/// The engine, locked. Dropping it publishes what changed to the packet threads
+/// ([`Engine::publish`]: a new routing snapshot after a configuration change, nothing
+/// otherwise), so that every change made under the lock is seen by every packet after it.
+pub struct EngineGuard<'a>(MutexGuard<'a, Engine>);
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.0
+    }
+}
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        self.0.publish();
+    }
 }
 
 struct Buffers {
@@ -232,8 +259,9 @@ struct Buffers {
     /// UDP receive buffers (each may hold several GRO-coalesced datagrams).
     udp_bufs: Vec<Vec<u8>>,
     udp_meta: Vec<RecvMeta>,
-    /// Engine output scratch.
+    /// Engine output scratch: the fast path's, and the engine's for packets it hands back.
     scratch: Vec<u8>,
+    slow_scratch: Vec<u8>,
 }
 
 impl Buffers {
@@ -245,11 +273,14 @@ impl Buffers {
             udp_bufs: vec![vec![0; MAX_PACKET]; BATCH_SIZE],
             udp_meta: vec![RecvMeta::default(); BATCH_SIZE],
             scratch: vec![0; MAX_PACKET + 64],
+            slow_scratch: vec![0; MAX_PACKET + 64],
         }
     }
 }
 
 struct Io<'a> {
+    /// The engine's fast path: routine transport data without the engine's lock.
+    data: DataPath,
     tun: &'a SyncDevice,
     udp: Arc<Udp>,
     handshakes: &'a handshakes::Queue,
@@ -349,13 +380,23 @@ impl Io<'_> {
             }
         };
         let clamp_to = self.mss_clamp.load(Ordering::Relaxed);
-        let mut engine = lock(engine);
+        // Taken at the first packet the fast path hands back, and kept for the rest of the
+        // batch: packets stay in order, and a batch costs at most one lock.
+        let mut slow: Option<EngineGuard<'_>> = None;
         let now = Instant::now();
         for (pkt, &size) in b.tun_pkts.iter_mut().zip(&b.tun_sizes).take(n) {
             if clamp_to != 0 {
                 crate::mss::clamp(&mut pkt[..size], clamp_to);
             }
-            if let Some(t) = engine.handle_tunnel_packet(now, &pkt[..size], &mut b.scratch) {
+            let packet = &pkt[..size];
+            let out = match self.data.encrypt(now, packet, &mut b.scratch) {
+                Fast::Network(t) => Some(t),
+                Fast::Done | Fast::Tunnel(_) => None,
+                Fast::Slow => slow
+                    .get_or_insert_with(|| lock(engine))
+                    .handle_tunnel_packet(now, packet, &mut b.slow_scratch),
+            };
+            if let Some(t) = out {
                 let (dst, src) = (t.dst, t.src);
                 if !self
                     .gso
@@ -367,9 +408,11 @@ impl Io<'_> {
             }
         }
         self.gso.flush(&self.udp, &self.state, &mut self.stale);
-        self.drain_engine(&mut engine, &mut b.scratch);
-        note_deadline(&engine, next_tick);
-        drop(engine);
+        if slow.is_some() || !self.stale.is_empty() {
+            let mut engine = slow.unwrap_or_else(|| lock(engine));
+            self.drain_engine(&mut engine, &mut b.slow_scratch);
+            note_deadline(&engine, next_tick);
+        }
         self.restore_gso();
         Ok(true)
     }
@@ -398,7 +441,7 @@ impl Io<'_> {
             }
         };
         drop(slices);
-        let mut engine = lock(engine);
+        let mut slow: Option<EngineGuard<'_>> = None;
         let now = Instant::now();
         // Handshake messages of this batch, for the handshake thread: handed over at the end,
         // under one lock of its queue (a flood is mostly these).
@@ -412,22 +455,44 @@ impl Io<'_> {
                     handshakes.push((from, local, datagram));
                     continue;
                 }
-                match engine.handle_datagram(now, from, local, datagram, &mut b.scratch) {
-                    Received::Tunnel(packet) => {
-                        self.out
-                            .push(packet, self.mss_clamp.load(Ordering::Relaxed));
-                        if self.out.is_full() {
-                            self.out.flush(self.tun, &mut self.gro);
+                let packet = match self
+                    .data
+                    .decrypt(now, from, local, datagram, &mut b.scratch)
+                {
+                    Fast::Tunnel(packet) => Some(packet),
+                    Fast::Done | Fast::Network(_) => None,
+                    Fast::Slow => {
+                        let engine = slow.get_or_insert_with(|| lock(engine));
+                        match engine.handle_datagram(
+                            now,
+                            from,
+                            local,
+                            datagram,
+                            &mut b.slow_scratch,
+                        ) {
+                            Received::Tunnel(packet) => Some(packet),
+                            Received::Network(t) => {
+                                self.send_one(&t);
+                                None
+                            }
+                            Received::Nothing => None,
                         }
                     }
-                    Received::Network(t) => self.send_one(&t),
-                    Received::Nothing => {}
+                };
+                if let Some(packet) = packet {
+                    self.out
+                        .push(packet, self.mss_clamp.load(Ordering::Relaxed));
+                    if self.out.is_full() {
+                        self.out.flush(self.tun, &mut self.gro);
+                    }
                 }
             }
         }
-        self.drain_engine(&mut engine, &mut b.scratch);
-        note_deadline(&engine, next_tick);
-        drop(engine);
+        if slow.is_some() || !self.stale.is_empty() {
+            let mut engine = slow.unwrap_or_else(|| lock(engine));
+            self.drain_engine(&mut engine, &mut b.slow_scratch);
+            note_deadline(&engine, next_tick);
+        }
         if !handshakes.is_empty() {
             // Served behind the gate; dropped (and counted) over their source's share or
             // when the queue is full.

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
@@ -541,7 +541,7 @@ impl State {
         self.netlink.teardown().await;
     }
 
-    pub fn lock_engine(&self) -> MutexGuard<'_, Engine> {
+    pub fn lock_engine(&self) -> dataplane::EngineGuard<'_> {
         dataplane::lock(&self.engine)
     }
 

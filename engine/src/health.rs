@@ -174,8 +174,6 @@ pub struct Health {
     pub last_error: Option<LastError>,
     pub endpoint_source: Option<EndpointSource>,
     pub failures: Failures,
-    /// When an authenticated datagram from the peer last arrived.
-    pub last_received: Option<Instant>,
     /// When we last sent it an initiation (its TAI64N timestamp is the wall clock then).
     pub last_initiation: Option<Instant>,
 }
@@ -192,7 +190,6 @@ impl Health {
             last_error: None,
             endpoint_source,
             failures: Failures::default(),
-            last_received: None,
             last_initiation: None,
         }
     }
@@ -241,26 +238,21 @@ impl Health {
         }
     }
 
-    /// An authenticated datagram from the peer arrived.
-    pub fn received(&mut self, now: Instant) {
-        self.last_received = Some(now);
-    }
-
-    /// The link's state at `now`, given what the rest of the peer record says.
+    /// The link's state at `now`, given what the rest of the peer record says (and when
+    /// its last authenticated datagram arrived: the lane's traffic).
     pub fn state(
         &self,
         now: Instant,
         has_endpoint: bool,
         handshake_age: Option<Duration>,
         has_session: bool,
+        last_received: Option<Instant>,
     ) -> LinkState {
         // A rekey that is answered has one attempt outstanding for a round trip. Retries (two
         // or more unanswered) mean the peer does not answer, unless its traffic still arrives
         // (a lost response while data flows).
         let answering = self.attempts < 2
-            || self
-                .last_received
-                .is_some_and(|t| now.saturating_duration_since(t) < ALIVE_WITHIN);
+            || last_received.is_some_and(|t| now.saturating_duration_since(t) < ALIVE_WITHIN);
         if has_session && handshake_age.is_some_and(|age| age < UP_WITHIN) && answering {
             return LinkState::Up;
         }

@@ -46,6 +46,7 @@
 
 pub mod handshake;
 pub mod health;
+mod lanes;
 pub mod liveness;
 mod log_limit;
 pub mod peers;
@@ -56,6 +57,7 @@ mod timers;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -67,6 +69,8 @@ use boringtun::x25519;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 
 use crate::health::{EndpointSource, Health, LinkState};
+pub use crate::lanes::{DataPath, Fast};
+use crate::lanes::{Lane, LaneState, Path, Shared, Snapshot};
 pub use crate::liveness::Live;
 use crate::liveness::{Event, EventKind, Liveness, Verdict};
 use crate::log_limit::{LogKind, LogLimiter};
@@ -318,7 +322,11 @@ pub struct Engine {
     pending_flush: Vec<PeerId>,
     timer_queue: Vec<PeerId>,
     counters: Counters,
-    log: LogLimiter,
+    log: Arc<LogLimiter>,
+    /// What the packet threads read without this engine's lock (see [`lanes`]).
+    shared: Arc<Shared>,
+    /// The routing table or the set of peers changed since the last [`Engine::publish`].
+    unpublished: bool,
     /// Send errors noted in the current second (start, count): at most
     /// [`SEND_ERRORS_PER_SECOND`] scans of the peers a second.
     send_errors: (Option<Instant>, u32),
@@ -340,9 +348,19 @@ pub struct Engine {
 impl Engine {
     /// An engine with our private key (`None`: no key yet, no handshakes).
     pub fn new(private_key: Option<&PrivateKey>, now: Instant, wall: SystemTime) -> Self {
+        let peers = Peers::default();
+        let log = Arc::new(LogLimiter::default());
+        let shared = Arc::new(Shared {
+            snapshot: Default::default(),
+            index: peers.index_map(),
+            standby: AtomicBool::new(false),
+            log: Arc::clone(&log),
+            bad_source: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+        });
         Self {
             identity: private_key.map(Identity::new),
-            peers: Peers::default(),
+            peers,
             routes: Arc::new(RoutingTable::default()),
             deadlines: Deadlines::default(),
             clock: (now, wall),
@@ -351,7 +369,9 @@ impl Engine {
             pending_flush: Vec::new(),
             timer_queue: Vec::new(),
             counters: Counters::default(),
-            log: LogLimiter::default(),
+            log,
+            shared,
+            unpublished: false,
             send_errors: (None, 0),
             policy: liveness::Policy::default(),
             live_checks: Deadlines::default(),
@@ -373,6 +393,7 @@ impl Engine {
     /// their own timers (5 s to 2 minutes).
     pub fn set_active(&mut self, active: bool, source: Option<IpAddr>) {
         self.standby = !active;
+        self.shared.standby.store(!active, Ordering::Relaxed);
         let now = self.clock.0;
         for id in self.peers.ids() {
             if !active {
@@ -394,6 +415,59 @@ impl Engine {
                 }
             }
             self.initiate(id);
+        }
+        for id in self.peers.ids() {
+            self.sync_lane(id);
+        }
+    }
+
+    /// Makes the changes to the routing table and the set of peers since the last call
+    /// visible to the packet threads' [`DataPath`] (one new snapshot; nothing when nothing
+    /// changed). Call after a batch of changes (the daemon does when it releases the engine's
+    /// lock): every change before it is seen by every packet after it. The engine's own
+    /// `handle_*` calls always see the current table.
+    pub fn publish(&mut self) {
+        if !std::mem::take(&mut self.unpublished) {
+            return;
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            routes: Arc::clone(&self.routes),
+            lanes: self.peers.lanes(),
+        }));
+    }
+
+    /// A handle for packet threads: encryption and decryption of routine transport data
+    /// without this engine's lock ([`DataPath::encrypt`], [`DataPath::decrypt`]); what it
+    /// hands back goes to [`Engine::handle_tunnel_packet`] / [`Engine::handle_datagram`].
+    pub fn data_path(&self) -> DataPath {
+        DataPath {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Publishes what the fast path may do for a peer: the engine's record is the truth, the
+    /// lane's [`Path`] a copy of the part that decides whether a packet is routine. Called
+    /// after every change of the peer's endpoint, local address, allowed-endpoints, key
+    /// confirmation or liveness.
+    fn sync_lane(&self, id: PeerId) {
+        let Some(peer) = self.peers.get(id) else {
+            return;
+        };
+        let accept = peer.endpoint.filter(|e| {
+            let ip = e.ip().to_canonical();
+            peer.allowed_endpoints.is_empty()
+                || peer.allowed_endpoints.iter().any(|c| c.contains(ip))
+        });
+        let path = Path {
+            send_to: peer.endpoint,
+            local: peer.local,
+            accept_from: accept,
+            awaiting_confirm: peer.awaiting_confirm,
+            heard_ok: peer.liveness.live != Live::Down,
+        };
+        let mut lane = peer.lane.lock();
+        if lane.path != path {
+            lane.path = path;
         }
     }
 
@@ -467,6 +541,7 @@ impl Engine {
             return;
         }
         peer.liveness.withdrawn = withdrawn;
+        self.unpublished = true;
         let routes = Arc::make_mut(&mut self.routes);
         for cidr in &peer.allowed_ips {
             if withdrawn {
@@ -503,6 +578,7 @@ impl Engine {
         }
         if start {
             self.schedule_check(id, until);
+            self.sync_lane(id);
         }
     }
 
@@ -517,12 +593,9 @@ impl Engine {
             }
             peer.liveness.check_at = None;
             let down_after = self.policy.down_after(peer.keepalive);
-            match liveness::check(
-                peer.liveness.live,
-                now,
-                peer.health.last_received,
-                down_after,
-            ) {
+            let last_received = peer.lane.lock().traffic.last_received;
+            let was_down = peer.liveness.live == Live::Down;
+            match liveness::check(peer.liveness.live, now, last_received, down_after) {
                 Verdict::Wait(None) => {}
                 Verdict::Wait(Some(next)) => self.schedule_check(id, next),
                 Verdict::Up(next) => {
@@ -549,6 +622,13 @@ impl Engine {
                     self.push_event(id, now, EventKind::Down { silent });
                 }
             }
+            let is_down = self
+                .peers
+                .get(id)
+                .is_some_and(|p| p.liveness.live == Live::Down);
+            if was_down != is_down {
+                self.sync_lane(id);
+            }
         }
     }
 
@@ -558,7 +638,10 @@ impl Engine {
     }
 
     pub fn counters(&self) -> Counters {
-        self.counters
+        let mut counters = self.counters;
+        counters.bad_source += self.shared.bad_source.load(Ordering::Relaxed);
+        counters.invalid += self.shared.invalid.load(Ordering::Relaxed);
+        counters
     }
 
     /// The routing table as it is now (a cheap snapshot).
@@ -602,17 +685,14 @@ impl Engine {
             allowed_endpoints: Vec::new(),
             keepalive: spec.persistent_keepalive,
             last_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
             bad_source: 0,
             up: false,
             next_reinit: None,
-            last_sent: None,
             health: Health::new(spec.endpoint.map(|_| EndpointSource::Config)),
             initiate: false,
             stale_answered: None,
             awaiting_confirm: None,
-            session: None,
+            lane: Arc::new(Lane::new(PeerId::UNSET)),
             due: None,
             created: 0,
             liveness: Liveness::new(self.clock.0),
@@ -621,7 +701,9 @@ impl Engine {
             // Down until its first handshake: with withdrawal on, no routes until then.
             peer.liveness.withdrawn = self.policy.withdraw || self.standby;
         }
+        self.unpublished = true;
         self.set_allowed_ips(id, spec.allowed_ips);
+        self.sync_lane(id);
         self.wake_always_on(id);
         Ok(id)
     }
@@ -641,6 +723,7 @@ impl Engine {
         };
         let old = std::mem::take(&mut peer.allowed_ips);
         let withdrawn = peer.liveness.withdrawn;
+        self.unpublished = true;
         let routes = Arc::make_mut(&mut self.routes);
         for cidr in old {
             routes.remove_if(cidr.network(), id);
@@ -696,6 +779,7 @@ impl Engine {
         if let Some(peer) = self.peers.get_mut(id) {
             peer.allowed_endpoints = allowed;
         }
+        self.sync_lane(id);
     }
 
     /// Changes the persistent keepalive interval. The session is untouched.
@@ -720,7 +804,7 @@ impl Engine {
             return;
         };
         peer.preshared_key = psk;
-        if peer.session.is_none() {
+        if peer.lane.lock().session.is_none() {
             return;
         }
         let index = allocate_index(&mut self.next_index, &self.peers);
@@ -734,7 +818,7 @@ impl Engine {
             index,
         );
         let fresh = Tunnel::new(tunn, index);
-        let dropped = match &mut peer.session {
+        let dropped = match &mut peer.lane.lock().session {
             Some(session) => session.rekey_with(fresh),
             None => return,
         };
@@ -762,6 +846,7 @@ impl Engine {
         let Some(peer) = self.peers.remove(id) else {
             return false;
         };
+        self.unpublished = true;
         let routes = Arc::make_mut(&mut self.routes);
         for cidr in &peer.allowed_ips {
             routes.remove_if(cidr.network(), id);
@@ -782,6 +867,7 @@ impl Engine {
             peer.local = None;
             peer.health.endpoint_source = Some(source);
         }
+        self.sync_lane(id);
         if changed {
             let now = self.clock.0;
             self.push_event(id, now, EventKind::Endpoint { endpoint });
@@ -820,6 +906,7 @@ impl Engine {
             if let Some(peer) = self.peers.get_mut(id) {
                 if peer.endpoint == Some(dst) && peer.local == Some(src) {
                     peer.local = None;
+                    self.sync_lane(id);
                 }
             }
         }
@@ -857,8 +944,18 @@ impl Engine {
         let age = p
             .last_handshake
             .map(|t| wall_now.duration_since(t).unwrap_or(Duration::ZERO));
+        let lane = p.lane.lock();
+        let has_session = lane.session.is_some();
+        let last_received = lane.traffic.last_received;
+        drop(lane);
         HealthInfo {
-            state: h.state(self.clock.0, p.endpoint.is_some(), age, p.session.is_some()),
+            state: h.state(
+                self.clock.0,
+                p.endpoint.is_some(),
+                age,
+                has_session,
+                last_received,
+            ),
             attempts: h.attempts,
             trying_since: h.trying_since.map(|t| self.wall_at(t)),
             last_error: h.last_error.as_ref().map(|e| ErrorInfo {
@@ -874,6 +971,10 @@ impl Engine {
 
     pub fn peer_view(&self, id: PeerId) -> Option<PeerView<'_>> {
         let p = self.peers.get(id)?;
+        let (traffic, session, lane_bad_source) = {
+            let lane = p.lane.lock();
+            (lane.traffic, lane.session.is_some(), lane.bad_source)
+        };
         Some(PeerView {
             id,
             name: &p.name,
@@ -883,11 +984,11 @@ impl Engine {
             allowed_ips: &p.allowed_ips,
             persistent_keepalive: p.keepalive,
             last_handshake: p.last_handshake,
-            rx_bytes: p.rx_bytes,
-            tx_bytes: p.tx_bytes,
-            bad_source: p.bad_source,
+            rx_bytes: traffic.rx_bytes,
+            tx_bytes: traffic.tx_bytes,
+            bad_source: p.bad_source + lane_bad_source,
             up: p.up,
-            session: p.session.is_some(),
+            session,
             health: self.health_info(p),
             liveness: LivenessInfo {
                 live: p.liveness.live,
@@ -936,7 +1037,12 @@ impl Engine {
             return None;
         }
         let peer = self.peers.get_mut(id)?;
-        let session = peer.session.as_mut()?;
+        let lane = Arc::clone(&peer.lane);
+        let mut lane = lane.lock();
+        let LaneState {
+            session, traffic, ..
+        } = &mut *lane;
+        let session = session.as_mut()?;
         let tunnel = session.tunnel(session.send_slot())?;
         if tunnel.sent >= REJECT_AFTER_MESSAGES {
             // The keys have carried all the packets the protocol allows: none more under
@@ -947,6 +1053,7 @@ impl Engine {
             return match tunnel.tunn.format_handshake_initiation(buf, false) {
                 TunnResult::WriteToNetwork(payload) => {
                     peer.sent(now, payload);
+                    traffic.sent(now, payload.len());
                     Some(Transmit {
                         dst: endpoint,
                         src: peer.local,
@@ -963,6 +1070,7 @@ impl Engine {
                     tunnel.rekey_due |= tunnel.sent == REKEY_AFTER_MESSAGES;
                 }
                 peer.sent(now, payload);
+                traffic.sent(now, payload.len());
                 Some(Transmit {
                     dst: endpoint,
                     src: peer.local,
@@ -1053,7 +1161,12 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(id) else {
             return Step::Nothing;
         };
-        let Some(session) = peer.session.as_mut() else {
+        let lane = Arc::clone(&peer.lane);
+        let mut lane = lane.lock();
+        let LaneState {
+            session, traffic, ..
+        } = &mut *lane;
+        let Some(session) = session.as_mut() else {
             self.counters.unknown_index += 1;
             return Step::Nothing;
         };
@@ -1078,9 +1191,7 @@ impl Engine {
                     tunnel.tunn.format_handshake_initiation(buf, true),
                 ) {
                     (Some(endpoint), TunnResult::WriteToNetwork(out)) => {
-                        // (Field by field: `session` still borrows the peer.)
-                        peer.tx_bytes += out.len() as u64;
-                        peer.last_sent = Some(now);
+                        traffic.sent(now, out.len());
                         peer.health.initiation_sent(now);
                         Step::NetworkTo(endpoint, peer.local, range_of(base, out))
                     }
@@ -1107,8 +1218,7 @@ impl Engine {
                         match tunnel.tunn.format_handshake_initiation(buf, false) {
                             TunnResult::WriteToNetwork(out) => {
                                 peer.stale_answered = Some(now);
-                                peer.tx_bytes += out.len() as u64;
-                                peer.last_sent = Some(now);
+                                traffic.sent(now, out.len());
                                 peer.health.initiation_sent(now);
                                 Step::NetworkTo(endpoint, peer.local, range_of(base, out))
                             }
@@ -1152,8 +1262,7 @@ impl Engine {
                     // boringtun may hold packets queued behind this handshake.
                     self.pending_flush.push(id);
                     // A response to an initiation (never an initiation itself).
-                    peer.tx_bytes += out.len() as u64;
-                    peer.last_sent = Some(now);
+                    traffic.sent(now, out.len());
                 }
                 (Step::Network(range_of(base, out)), authenticated)
             }
@@ -1183,7 +1292,7 @@ impl Engine {
             let index = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
             match kind {
                 TYPE_HANDSHAKE_RESP => {
-                    note_handshake(peer, wall);
+                    note_handshake(peer, session, wall);
                     handshake = true;
                 }
                 TYPE_HANDSHAKE_INIT => {
@@ -1196,13 +1305,12 @@ impl Engine {
                 }
                 TYPE_DATA if peer.awaiting_confirm == Some(index) => {
                     peer.awaiting_confirm = None;
-                    note_handshake(peer, wall);
+                    note_handshake(peer, session, wall);
                     handshake = true;
                 }
                 _ => {}
             }
-            peer.rx_bytes += datagram.len() as u64;
-            peer.health.received(now);
+            traffic.received(now, datagram.len());
             if peer.endpoint != Some(from) {
                 if peer.endpoint.is_some() {
                     tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = %from, "peer roamed to a new endpoint");
@@ -1226,11 +1334,14 @@ impl Engine {
                     "dropped decrypted packet whose source is routed to another peer (or to none)");
             }
         }
+        drop(lane);
         if let Some(index) = released {
             self.peers.release_index(index);
         }
         if authenticated {
             self.liveness_heard(id, now, handshake);
+            // Roaming, a new local address, key confirmation: the fast path follows.
+            self.sync_lane(id);
         }
         if let Some(endpoint) = roamed {
             self.push_event(id, now, EventKind::Endpoint { endpoint });
@@ -1386,7 +1497,12 @@ impl Engine {
         let now = self.clock.0;
         let peer = self.peers.get_mut(id)?;
         let endpoint = peer.endpoint?;
-        let session = peer.session.as_mut()?;
+        let lane = Arc::clone(&peer.lane);
+        let mut lane = lane.lock();
+        let LaneState {
+            session, traffic, ..
+        } = &mut *lane;
+        let session = session.as_mut()?;
         let base = buf.as_ptr() as usize;
         for slot in [Slot::Current, Slot::Next] {
             let Some(tunnel) = session.tunnel(slot) else {
@@ -1395,6 +1511,7 @@ impl Engine {
             if let TunnResult::WriteToNetwork(out) = tunnel.tunn.decapsulate(None, &[], buf) {
                 let range = range_of(base, out);
                 peer.sent(now, &buf[range.clone()]);
+                traffic.sent(now, range.len());
                 return Some((endpoint, peer.local, range));
             }
         }
@@ -1420,7 +1537,19 @@ impl Engine {
             return None;
         }
         let peer = self.peers.get_mut(id)?;
-        let session = peer.session.as_mut()?;
+        let lane = Arc::clone(&peer.lane);
+        let mut lane = lane.lock();
+        // What the fast path did since the last run, for the peer record.
+        if let Some(at) = lane.initiated.take() {
+            peer.health.initiation_sent(at);
+        }
+        peer.bad_source += std::mem::take(&mut lane.bad_source);
+        let LaneState {
+            session: session_slot,
+            traffic,
+            ..
+        } = &mut *lane;
+        let session = session_slot.as_mut()?;
         let base = buf.as_ptr() as usize;
         let mut released: Vec<u32> = Vec::new();
         let mut expired = false;
@@ -1490,9 +1619,10 @@ impl Engine {
             }
             if !always_on {
                 // Nothing will use this state again until new traffic or a handshake: free it.
-                if let Some(session) = peer.session.take() {
+                if let Some(session) = session_slot.take() {
                     released.extend(session.indices());
                 }
+                drop(lane);
                 for index in released {
                     self.peers.release_index(index);
                 }
@@ -1516,7 +1646,7 @@ impl Engine {
         let out = out.or_else(|| {
             let interval = Duration::from_secs(u64::from(peer.keepalive?));
             peer.endpoint?;
-            if peer.last_sent.is_some_and(|t| now < t + interval) {
+            if traffic.last_sent.is_some_and(|t| now < t + interval) {
                 return None;
             }
             let tunnel = session.tunnel(session.send_slot())?;
@@ -1528,10 +1658,12 @@ impl Engine {
         let result = match (out, peer.endpoint) {
             (Some(range), Some(endpoint)) => {
                 peer.sent(now, &buf[range.clone()]);
+                traffic.sent(now, range.len());
                 Some((endpoint, peer.local, range))
             }
             _ => None,
         };
+        drop(lane);
         for index in released {
             self.peers.release_index(index);
         }
@@ -1542,7 +1674,10 @@ impl Engine {
     /// nothing otherwise (new traffic or a configuration change wakes it again).
     fn reschedule(&mut self, id: PeerId) {
         let now = self.clock.0;
-        let has_session = self.peers.get(id).is_some_and(|p| p.session.is_some());
+        let has_session = self
+            .peers
+            .get(id)
+            .is_some_and(|p| p.lane.lock().session.is_some());
         if has_session {
             self.schedule(id, now + TICK);
         }
@@ -1568,7 +1703,7 @@ impl Engine {
             && self
                 .peers
                 .get(id)
-                .is_some_and(|p| p.always_on() && p.session.is_none());
+                .is_some_and(|p| p.always_on() && p.lane.lock().session.is_none());
         if wants {
             let now = self.clock.0;
             self.schedule(id, now);
@@ -1582,7 +1717,7 @@ impl Engine {
         };
         match self.peers.get(id) {
             None => return false,
-            Some(peer) if peer.session.is_some() => return true,
+            Some(peer) if peer.lane.lock().session.is_some() => return true,
             Some(_) => {}
         }
         let index = allocate_index(&mut self.next_index, &self.peers);
@@ -1595,7 +1730,7 @@ impl Engine {
             peer.preshared_key.as_ref(),
             index,
         );
-        peer.session = Some(Box::new(Session::new(Tunnel::new(tunn, index))));
+        peer.lane.lock().session = Some(Box::new(Session::new(Tunnel::new(tunn, index))));
         self.peers.register_index(index, id);
         self.schedule(id, now + TICK);
         true
@@ -1606,7 +1741,7 @@ impl Engine {
             return;
         };
         peer.up = false;
-        let Some(session) = peer.session.take() else {
+        let Some(session) = peer.lane.lock().session.take() else {
             return;
         };
         for index in session.indices() {
@@ -1656,14 +1791,12 @@ fn allocate_index(next: &mut u32, peers: &Peers) -> u32 {
 /// `stats()` time since the handshake: boringtun resets all its timers (that one included)
 /// when it starts a handshake after an expired one, which would look like a new session every
 /// retry on a dead link.
-fn note_handshake(peer: &mut Peer, wall: SystemTime) {
+fn note_handshake(peer: &mut Peer, session: &mut Session, wall: SystemTime) {
     peer.last_handshake = Some(wall);
     peer.health.handshake_completed();
     // New keys: the message limits count from here.
-    if let Some(session) = peer.session.as_mut() {
-        session.current.sent = 0;
-        session.current.rekey_due = false;
-    }
+    session.current.sent = 0;
+    session.current.rekey_due = false;
     if !peer.up {
         peer.up = true;
         tracing::info!(peer = %peer.name, key = %peer.public_key.short(), endpoint = ?peer.endpoint, "handshake completed, peer up");

@@ -2,6 +2,7 @@
 //! line every few seconds instead of filling the disk. Each line reports how many of its
 //! kind were suppressed since the last one.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::Instant;
@@ -19,24 +20,32 @@ pub(crate) enum LogKind {
 
 const KINDS: usize = 5;
 
+/// Shared by the engine and the packet threads' fast path: a small lock, taken only for
+/// packets that are refused.
 #[derive(Debug, Default)]
 pub(crate) struct LogLimiter {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
     last: [Option<Instant>; KINDS],
     suppressed: [u64; KINDS],
 }
 
 impl LogLimiter {
     /// `Some(suppressed)` when a line of this kind may be logged now.
-    pub(crate) fn allow(&mut self, kind: LogKind, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&self, kind: LogKind, now: Instant) -> Option<u64> {
         let k = kind as usize;
-        match self.last[k] {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.last[k] {
             Some(t) if now < t + INTERVAL => {
-                self.suppressed[k] += 1;
+                s.suppressed[k] += 1;
                 None
             }
             _ => {
-                self.last[k] = Some(now);
-                Some(std::mem::take(&mut self.suppressed[k]))
+                s.last[k] = Some(now);
+                Some(std::mem::take(&mut s.suppressed[k]))
             }
         }
     }

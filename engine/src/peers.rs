@@ -2,22 +2,24 @@
 //! receiver index of its session.
 //!
 //! Owns: the per-peer record (identity, endpoint and sticky local address, counters, timers'
-//! bookkeeping, and the session state once there is one) and the three lookups. Doesn't own:
-//! routing (the routing table maps prefixes to [`PeerId`]s) or any protocol decision.
+//! bookkeeping, and its [`Lane`]: the session state once there is one, and its traffic) and
+//! the three lookups (the index map shared with the packet threads). Doesn't own: routing
+//! (the routing table maps prefixes to [`PeerId`]s) or any protocol decision.
 //!
 //! Peers live in a slab: a [`PeerId`] is a slot number and a generation, so lookups by handle
 //! are an index, and a handle of a removed peer never finds the peer that reuses its slot.
-//! A peer without a session holds no `Tunn` at all (see [`Peer::session`]), about 200 bytes plus
+//! A peer without a session holds no `Tunn` at all (see [`crate::lanes::LaneState::session`]), about 200 bytes plus
 //! its name and prefixes, so thousands of configured but idle peers stay cheap.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use sitelink_config::{Cidr, PresharedKey, PublicKey};
 
 use crate::health::Health;
-use crate::session::Session;
+use crate::lanes::{IndexMap, Lane};
 use crate::Instant;
 
 /// A peer's handle, stable for the peer's lifetime in this engine.
@@ -25,6 +27,18 @@ use crate::Instant;
 pub struct PeerId {
     slot: u32,
     generation: u32,
+}
+
+impl PeerId {
+    /// The id of no peer, for a record not inserted yet.
+    pub(crate) const UNSET: PeerId = PeerId {
+        slot: u32::MAX,
+        generation: 0,
+    };
+
+    pub(crate) fn slot(self) -> usize {
+        self.slot as usize
+    }
 }
 
 pub(crate) struct Peer {
@@ -41,14 +55,10 @@ pub(crate) struct Peer {
     pub allowed_endpoints: Vec<Cidr>,
     pub keepalive: Option<u16>,
     pub last_handshake: Option<SystemTime>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
     pub bad_source: u64,
     pub up: bool,
     /// Earliest time of our next own re-initiation of an expired always-on link.
     pub next_reinit: Option<Instant>,
-    /// When we last sent this peer anything; persistent keepalives measure from here.
-    pub last_sent: Option<Instant>,
     /// Attempts, last error, endpoint source: what `show` explains a link with.
     pub health: Health,
     /// An initiation is wanted at the next timer run ([`crate::Engine::initiate`]).
@@ -59,9 +69,10 @@ pub(crate) struct Peer {
     /// The session index of the latest initiation we answered, until data arrives under it
     /// (then the handshake is complete: key confirmation).
     pub awaiting_confirm: Option<u32>,
-    /// The boringtun state, created on the first handshake or packet and dropped when the
-    /// link has been dead long enough that boringtun gave up (`None`: an idle peer).
-    pub session: Option<Box<Session>>,
+    /// What the packet threads share of this peer: its session state (the boringtun
+    /// `Tunn`s), traffic counters, and the path published for the fast path. Set by
+    /// [`Peers::insert`].
+    pub lane: Arc<Lane>,
     /// This peer's deadline in [`crate::timers::Deadlines`], if it has one.
     pub due: Option<Instant>,
     /// Creation order, for listing peers as they were added.
@@ -71,10 +82,9 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Accounts for a datagram we send this peer (bytes, keepalive clock, attempts).
+    /// Accounts for a datagram we send this peer (attempts); its bytes and the keepalive
+    /// clock are the lane's [`crate::lanes::Traffic::sent`].
     pub fn sent(&mut self, now: Instant, datagram: &[u8]) {
-        self.tx_bytes += datagram.len() as u64;
-        self.last_sent = Some(now);
         if datagram.first() == Some(&crate::TYPE_HANDSHAKE_INIT) {
             self.health.initiation_sent(now);
         }
@@ -96,8 +106,9 @@ pub(crate) struct Peers {
     slots: Vec<Entry>,
     free: Vec<u32>,
     by_key: HashMap<PublicKey, PeerId>,
-    /// Session index (24 bits) → peer. A peer has one entry per `Tunn` it holds.
-    by_index: HashMap<u32, PeerId>,
+    /// Session index (24 bits) → peer. A peer has one entry per `Tunn` it holds. Shared
+    /// with the packet threads.
+    by_index: Arc<IndexMap>,
     created: u64,
 }
 
@@ -111,20 +122,16 @@ impl Peers {
         self.created += 1;
         let key = peer.public_key;
         let id = match self.free.pop() {
-            Some(slot) => {
-                let entry = &mut self.slots[slot as usize];
-                entry.peer = Some(peer);
-                PeerId {
-                    slot,
-                    generation: entry.generation,
-                }
-            }
+            Some(slot) => PeerId {
+                slot,
+                generation: self.slots[slot as usize].generation,
+            },
             None => {
                 // Slots fit in u32: four billion peers do not fit in memory first.
                 let slot = self.slots.len() as u32;
                 self.slots.push(Entry {
                     generation: 0,
-                    peer: Some(peer),
+                    peer: None,
                 });
                 PeerId {
                     slot,
@@ -132,6 +139,8 @@ impl Peers {
                 }
             }
         };
+        peer.lane = Arc::new(Lane::new(id));
+        self.slots[id.slot()].peer = Some(peer);
         self.by_key.insert(key, id);
         id
     }
@@ -146,9 +155,9 @@ impl Peers {
         entry.generation = entry.generation.wrapping_add(1);
         self.free.push(id.slot);
         self.by_key.remove(&peer.public_key);
-        if let Some(session) = &peer.session {
+        if let Some(session) = &peer.lane.lock().session {
             for index in session.indices() {
-                self.by_index.remove(&index);
+                self.by_index.remove(index);
             }
         }
         Some(peer)
@@ -175,19 +184,34 @@ impl Peers {
     }
 
     pub fn by_index(&self, index: u32) -> Option<PeerId> {
-        self.by_index.get(&index).copied()
+        self.by_index.peer(index)
     }
 
     pub fn index_in_use(&self, index: u32) -> bool {
-        self.by_index.contains_key(&index)
+        self.by_index.contains(index)
     }
 
     pub fn register_index(&mut self, index: u32, id: PeerId) {
-        self.by_index.insert(index, id);
+        if let Some(peer) = self.get(id) {
+            self.by_index.insert(index, Arc::clone(&peer.lane));
+        }
     }
 
     pub fn release_index(&mut self, index: u32) {
-        self.by_index.remove(&index);
+        self.by_index.remove(index);
+    }
+
+    /// The index map, for the packet threads.
+    pub fn index_map(&self) -> Arc<IndexMap> {
+        Arc::clone(&self.by_index)
+    }
+
+    /// Every peer's lane by slot, for a [`crate::lanes::Snapshot`].
+    pub fn lanes(&self) -> Vec<Option<Arc<Lane>>> {
+        self.slots
+            .iter()
+            .map(|e| e.peer.as_ref().map(|p| Arc::clone(&p.lane)))
+            .collect()
     }
 
     /// Every peer's handle, in creation order.

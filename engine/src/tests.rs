@@ -20,6 +20,9 @@ struct Site {
     /// Further local addresses of this site (a multi-homed gateway).
     aliases: Vec<SocketAddr>,
     tun_out: Vec<Vec<u8>>,
+    /// Packets and datagrams the fast path ([`DataPath`]) handled; the rest went to the
+    /// engine, as the daemon's packet threads do it.
+    fast: usize,
 }
 
 impl Site {
@@ -29,6 +32,7 @@ impl Site {
             addr,
             aliases: vec![],
             tun_out: vec![],
+            fast: 0,
         }
     }
 
@@ -189,10 +193,27 @@ impl Pair {
     fn tun_in(&mut self, at: SocketAddr, packet: &[u8]) {
         let mut buf = vec![0u8; BUF];
         let site = self.site(at).expect("site");
-        let out = site
+        // Whatever the test changed is published, as the daemon does on releasing the lock.
+        site.engine.publish();
+        let out = match site
             .engine
-            .handle_tunnel_packet(Instant::now(), packet, &mut buf)
-            .map(|t| (source(at, t.src), t.dst, t.payload.to_vec()));
+            .data_path()
+            .encrypt(Instant::now(), packet, &mut buf)
+        {
+            Fast::Network(t) => {
+                site.fast += 1;
+                Some((source(at, t.src), t.dst, t.payload.to_vec()))
+            }
+            Fast::Done => {
+                site.fast += 1;
+                None
+            }
+            Fast::Tunnel(_) => panic!("encrypt returned a packet for the TUN device"),
+            Fast::Slow => site
+                .engine
+                .handle_tunnel_packet(Instant::now(), packet, &mut buf)
+                .map(|t| (source(at, t.src), t.dst, t.payload.to_vec())),
+        };
         if let Some((from, dst, data)) = out {
             self.send(from, dst, &data);
         }
@@ -203,7 +224,24 @@ impl Pair {
     fn deliver(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
         let mut buf = vec![0u8; BUF];
         let site = self.site(to)?;
-        let reply =
+        site.engine.publish();
+        let fast =
+            site.engine
+                .data_path()
+                .decrypt(Instant::now(), from, Some(to.ip()), data, &mut buf);
+        let slow = match fast {
+            Fast::Tunnel(p) => {
+                site.tun_out.push(p.to_vec());
+                false
+            }
+            Fast::Done => false,
+            Fast::Network(_) => panic!("decrypt returned a datagram to send"),
+            Fast::Slow => true,
+        };
+        site.fast += usize::from(!slow);
+        let reply = if !slow {
+            None
+        } else {
             match site
                 .engine
                 .handle_datagram(Instant::now(), from, Some(to.ip()), data, &mut buf)
@@ -214,7 +252,8 @@ impl Pair {
                 }
                 Received::Network(t) => Some((source(to, t.src), t.dst, t.payload.to_vec())),
                 Received::Nothing => None,
-            };
+            }
+        };
         let reply_dst = reply.as_ref().map(|r| r.1);
         if let Some((from, dst, data)) = reply {
             self.send(from, dst, &data);
@@ -384,7 +423,8 @@ fn initiation_from_a(p: &mut Pair) -> Vec<u8> {
     let mut buf = vec![0u8; BUF];
     let id = p.status_a().id;
     let peer = p.a.engine.peers.get_mut(id).unwrap();
-    let session = peer.session.as_mut().unwrap();
+    let mut lane = peer.lane.lock();
+    let session = lane.session.as_mut().unwrap();
     match session
         .current
         .tunn
@@ -398,7 +438,7 @@ fn initiation_from_a(p: &mut Pair) -> Vec<u8> {
 #[test]
 fn the_gate_limits_each_source_and_demands_cookies_under_load() {
     use crate::handshake::{Dropped, Verdict};
-    let mut p = connected(None);
+    let p = connected(None);
     let b_key = p.b.engine.public_key().unwrap();
     let mut gate = p.b.engine.handshake_gate(Instant::now()).unwrap();
     assert_eq!(gate.key(), b_key);
@@ -835,7 +875,8 @@ fn preshared_key_rotation_on_both_sides_loses_nothing() {
     // The previous Tunn was dropped after its grace period: one index per side again.
     for site in [&p.a, &p.b] {
         let id = site.engine.peers().next().unwrap().id;
-        let session = site.engine.peers.get(id).unwrap().session.as_ref().unwrap();
+        let lane = site.engine.peers.get(id).unwrap().lane.lock();
+        let session = lane.session.as_ref().unwrap();
         assert!(session.next.is_none() && session.previous.is_none());
     }
 }
@@ -1185,7 +1226,7 @@ fn keys_are_renewed_after_rekey_after_messages_and_never_used_past_reject() {
     let id = p.status_a().id;
     let set_sent = |p: &mut Pair, n: u64| {
         let peer = p.a.engine.peers.get_mut(id).unwrap();
-        peer.session.as_mut().unwrap().current.sent = n;
+        peer.lane.lock().session.as_mut().unwrap().current.sent = n;
     };
     let first = p.status_a().last_handshake.unwrap();
 
@@ -1429,7 +1470,7 @@ fn link_state_and_last_error_follow_what_happens() {
 #[test]
 fn past_its_budget_of_diffie_hellmans_a_second_the_gate_demands_cookies() {
     use crate::handshake::{Verdict, OPEN_BUDGET};
-    let mut p = connected(None);
+    let p = connected(None);
     let b_key = p.b.engine.public_key().unwrap();
     let mut gate = p.b.engine.handshake_gate(Instant::now()).unwrap();
     let flood = stranger_initiations(b_key, 8);
@@ -1807,4 +1848,91 @@ fn a_standby_sends_and_answers_nothing_and_becomes_active_in_one_round_trip() {
         Some(p.status_a().id)
     );
     assert_eq!(p.status_b().endpoint, Some(SocketAddr::new(vip, 51820)));
+}
+
+#[test]
+fn routine_data_takes_the_fast_path_and_the_engine_sees_the_rest() {
+    let mut p = connected(None);
+    // Established both ways: data is the fast path's at both ends, and status counts it.
+    let (a_fast, b_fast) = (p.a.fast, p.b.fast);
+    let (a_tx, b_rx) = (p.status_a().tx_bytes, p.status_b().rx_bytes);
+    for i in 0..10u8 {
+        p.tun_in(p.a.addr, &ipv4([198, 19, 1, 5], [198, 19, 2, 5], &[i; 100]));
+    }
+    p.settle();
+    assert_eq!(p.a.fast - a_fast, 10, "A encrypted on the fast path");
+    assert_eq!(p.b.fast - b_fast, 10, "B decrypted on the fast path");
+    assert_eq!(
+        p.b.tun_out.last(),
+        Some(&ipv4([198, 19, 1, 5], [198, 19, 2, 5], &[9; 100]))
+    );
+    // (boringtun does not pad: 120 bytes of packet, 32 of WireGuard.)
+    assert_eq!(p.status_a().tx_bytes - a_tx, 10 * (120 + 32));
+    assert_eq!(p.status_b().rx_bytes - b_rx, 10 * (120 + 32));
+
+    // A datagram from a new address is the engine's (it roams), and the next one from there
+    // is routine again.
+    let mut buf = vec![0u8; BUF];
+    let data = |p: &mut Pair, buf: &mut Vec<u8>| {
+        let packet = ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"roam");
+        match p.a.engine.data_path().encrypt(Instant::now(), &packet, buf) {
+            Fast::Network(t) => t.payload.to_vec(),
+            _ => panic!("A's session is up"),
+        }
+    };
+    let roamed: SocketAddr = "198.18.7.7:40000".parse().unwrap();
+    let (b_fast, delivered) = (p.b.fast, p.b.tun_out.len());
+    let first = data(&mut p, &mut buf);
+    p.deliver(roamed, p.b.addr, &first);
+    assert_eq!(
+        p.b.fast, b_fast,
+        "a datagram from a new endpoint went the fast path"
+    );
+    assert_eq!(p.status_b().endpoint, Some(roamed));
+    let second = data(&mut p, &mut buf);
+    p.deliver(roamed, p.b.addr, &second);
+    assert_eq!(p.b.fast, b_fast + 1);
+    assert_eq!(p.b.tun_out.len(), delivered + 2);
+
+    // A replay is handed back untouched, and the engine refuses and counts it.
+    let invalid = p.b.engine.counters().invalid;
+    p.deliver(roamed, p.b.addr, &second);
+    assert_eq!(p.b.fast, b_fast + 1);
+    assert_eq!(
+        p.b.tun_out.len(),
+        delivered + 2,
+        "a replayed datagram reached the TUN device"
+    );
+    assert_eq!(p.b.engine.counters().invalid, invalid + 1);
+
+    // A standby sends nothing, fast or not.
+    p.a.engine.set_active(false, None);
+    let packet = ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"standby");
+    assert!(!encrypts_fast(&p.a.engine, &packet));
+    assert!(dropped(&mut p.a.engine, &packet));
+    assert_eq!(p.a.engine.counters().standby, 1);
+}
+
+/// Whether the fast path encrypts `packet` (rather than handing it back to the engine).
+fn encrypts_fast(engine: &Engine, packet: &[u8]) -> bool {
+    let mut buf = vec![0u8; BUF];
+    matches!(
+        engine.data_path().encrypt(Instant::now(), packet, &mut buf),
+        Fast::Network(_)
+    )
+}
+
+#[test]
+fn the_fast_path_follows_published_routes_only() {
+    let mut p = connected(None);
+    let id = p.status_a().id;
+    let packet = ipv4([198, 19, 1, 5], [198, 19, 2, 5], b"x");
+    p.a.engine.set_allowed_ips(id, vec![cidr("198.19.3.0/24")]);
+    // Not published yet: packet threads still route by the old table...
+    assert!(encrypts_fast(&p.a.engine, &packet));
+    // ...and after publishing, by the new one (the engine then refuses: no route).
+    p.a.engine.publish();
+    assert!(!encrypts_fast(&p.a.engine, &packet));
+    assert!(dropped(&mut p.a.engine, &packet));
+    assert_eq!(p.a.engine.counters().no_route, 1);
 }
