@@ -102,7 +102,15 @@ pub struct Interface {
     /// `ha = "vrrp"` with `ha-address`: one of an HA pair, active only while this virtual
     /// address (moved by keepalived) is on this host.
     pub ha_address: Option<std::net::IpAddr>,
+    /// `threads`: packet threads (1-64). `None`: one per core, at most [`DEFAULT_MAX_THREADS`].
+    pub threads: Option<u16>,
 }
+
+/// Packet threads when `threads` is not set: one per core, but no more than this (each
+/// thread holds about 10 MiB of packet buffers; see the README on scaling).
+pub const DEFAULT_MAX_THREADS: u16 = 8;
+/// The most packet threads `threads` may ask for.
+pub const MAX_THREADS: u16 = 64;
 
 /// Routes sitelinkd installs carry this protocol number unless `route-protocol` says
 /// otherwise: 52, unused by iproute2's list, named "sitelink" by the package's
@@ -494,6 +502,7 @@ struct RawInterface {
     on_peer_down: Option<Spanned<String>>,
     ha: Option<Spanned<String>>,
     ha_address: Option<Spanned<String>>,
+    threads: Option<Spanned<Int>>,
 }
 
 #[derive(Deserialize)]
@@ -922,6 +931,23 @@ fn build_interface(
     let on_peer_up = command(&raw.on_peer_up, "on-peer-up")?;
     let on_peer_down = command(&raw.on_peer_down, "on-peer-down")?;
     let ha_address = build_ha(&raw, &err)?;
+    let threads = raw
+        .threads
+        .as_ref()
+        .map(|v| {
+            in_range::<u16>(v.get_ref().0, 1..i128::from(MAX_THREADS) + 1).ok_or_else(|| {
+                err(
+                    v.span(),
+                    "threads",
+                    format!(
+                        "{} is out of range; use 1-{MAX_THREADS} packet threads (default: one \
+                         per core, at most {DEFAULT_MAX_THREADS})",
+                        v.get_ref().0
+                    ),
+                )
+            })
+        })
+        .transpose()?;
 
     Ok(Interface {
         name,
@@ -943,6 +969,7 @@ fn build_interface(
         on_peer_up,
         on_peer_down,
         ha_address,
+        threads,
     })
 }
 

@@ -50,7 +50,7 @@ use std::path::PathBuf;
 pub use cidr::{Cidr, CidrError};
 pub use config::{
     has_default_route, load_preshared_key_file, Config, Interface, MetricsListen, Peer, RouteTable,
-    DEFAULT_ROUTE_PROTOCOL, DEFAULT_TABLE, DEFAULT_UP_AFTER,
+    DEFAULT_MAX_THREADS, DEFAULT_ROUTE_PROTOCOL, DEFAULT_TABLE, DEFAULT_UP_AFTER, MAX_THREADS,
 };
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::ConfigError;

@@ -1,5 +1,14 @@
-//! The packet loop: one thread moving packets between the TUN device and the UDP socket
+//! The packet loops: N threads moving packets between the TUN device and the UDP sockets
 //! through the engine, in batches.
+//!
+//! Each thread owns one queue of a multi-queue TUN device and one UDP socket of a
+//! `SO_REUSEPORT` group (one of each with `threads = 1`). The kernel keeps a flow on one
+//! queue (the TUN device's flow hash) and a peer's datagrams on one socket (the 4-tuple
+//! hash), so packets of one flow are handled by one thread, in order; threads never share a
+//! packet. What they share is the engine: routine transport data goes through its fast path
+//! ([`DataPath`]: per-peer locks, no engine lock), the rest through the engine under its lock.
+//! Thread 0 also runs the engine's timers and pings the systemd watchdog; another thread that
+//! gave a peer a sooner deadline (a new session) wakes it.
 //!
 //! Owns: buffers, batching, offload and GSO/GRO plumbing, send back-pressure, and the
 //! timer cadence. Doesn't own: any packet decision (the engine's) or setup (main's).
@@ -12,14 +21,15 @@
 //!   datagrams; the engine decrypts each, and tun-rs coalesces the TCP segments (GRO) into
 //!   few TUN writes.
 //!
-//! The engine sits behind a mutex that this thread takes once per batch; the control socket
-//! takes it briefly for status. One bad packet is counted by the engine and never stops the
-//! batch.
+//! The engine's mutex is taken at most once per batch, and only when the fast path hands a
+//! packet back; the control socket takes it briefly for status. One bad packet is counted by
+//! the engine and never stops the batch.
 //!
-//! The control plane talks to this thread through a [`Handle`]: a [`Command`] channel and a
-//! wake-up socket that is part of the poll set. A new listen port arrives as a bound socket
-//! ([`Command::UseSocket`]); the loop switches to it between batches and closes the old one,
-//! so sessions go on and the peers roam to the new port on our next packet.
+//! The control plane talks to the threads through a [`Handle`]: per thread a [`Command`]
+//! channel and a wake-up socket that is part of its poll set. A new listen port arrives as a
+//! group of bound sockets, one per thread ([`Handle::use_sockets`]); each loop switches to its
+//! own between batches and closes the old one, so sessions go on and the peers roam to the new
+//! port on our next packet. A thread that ends (a deleted TUN device) stops them all.
 //!
 //! Sticky source: every datagram records the local address it arrived at (IP_PKTINFO /
 //! IPV6_PKTINFO, which quinn-udp enables), the engine keeps it per peer, and sends to that peer
@@ -31,7 +41,7 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -56,130 +66,297 @@ pub enum Command {
     UseSocket(Udp),
 }
 
-/// The control plane's end: commands, and the wake-up that makes the loop read them.
+/// The control plane's end: per packet thread, commands and the wake-up that makes the loop
+/// read them.
 pub struct Handle {
-    commands: Sender<Command>,
-    wake: UnixDatagram,
+    workers: Vec<Worker>,
     stop: Arc<AtomicBool>,
-    /// The MTU TCP SYNs are clamped to (`mss-clamp`), 0 for off; read by the loop per batch.
+    /// The MTU TCP SYNs are clamped to (`mss-clamp`), 0 for off; read by the loops per batch.
     pub mss_clamp: Arc<AtomicU16>,
 }
 
+struct Worker {
+    commands: Sender<Command>,
+    wake: UnixDatagram,
+}
+
+/// A packet thread's ends of its command channel and wake-up socket.
+pub struct Ends {
+    commands: Receiver<Command>,
+    wake: UnixDatagram,
+}
+
 impl Handle {
-    /// A handle and the loop's ends of its channel and wake-up socket.
-    pub fn new() -> io::Result<(Self, Receiver<Command>, UnixDatagram, Arc<AtomicBool>)> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
-        wake_tx.set_nonblocking(true)?;
+    /// A handle for `threads` packet threads, and each thread's ends.
+    pub fn new(threads: usize) -> io::Result<(Self, Vec<Ends>, Arc<AtomicBool>)> {
+        let mut workers = Vec::with_capacity(threads);
+        let mut ends = Vec::with_capacity(threads);
+        for _ in 0..threads.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+            wake_tx.set_nonblocking(true)?;
+            workers.push(Worker {
+                commands: tx,
+                wake: wake_tx,
+            });
+            ends.push(Ends {
+                commands: rx,
+                wake: wake_rx,
+            });
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let handle = Self {
-            commands: tx,
-            wake: wake_tx,
+            workers,
             stop: Arc::clone(&stop),
             mss_clamp: Arc::new(AtomicU16::new(0)),
         };
-        Ok((handle, rx, wake_rx, stop))
+        Ok((handle, ends, stop))
     }
 
-    /// Queues `command` and wakes the loop. Fails only if the loop has ended.
-    pub fn send(&self, command: Command) -> io::Result<()> {
-        self.commands
-            .send(command)
-            .map_err(|_| io::Error::other("the packet loop has stopped"))?;
-        self.wake_up();
+    /// How many packet threads there are (and sockets a new listen port needs).
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Hands each packet thread its socket of a new group (one per thread, in order, from
+    /// [`Udp::bind_group`]). Fails only if the loops have ended.
+    pub fn use_sockets(&self, group: Vec<Udp>) -> io::Result<()> {
+        if group.len() != self.workers.len() {
+            return Err(io::Error::other(format!(
+                "{} sockets for {} packet threads",
+                group.len(),
+                self.workers.len()
+            )));
+        }
+        for (worker, udp) in self.workers.iter().zip(group) {
+            worker
+                .commands
+                .send(Command::UseSocket(udp))
+                .map_err(|_| io::Error::other("the packet loop has stopped"))?;
+            wake_up(&worker.wake);
+        }
         Ok(())
     }
 
-    /// Asks the loop to stop.
+    /// Asks the loops to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.wake_up();
+        for worker in &self.workers {
+            wake_up(&worker.wake);
+        }
     }
 
-    fn wake_up(&self) {
-        // A full socket buffer means the loop has wake-ups pending already.
-        let _ = self.wake.send(b"w");
+    /// Second handles on the wake-up sockets, for the threads to wake each other.
+    pub fn wakers(&self) -> io::Result<Vec<UnixDatagram>> {
+        self.workers.iter().map(|w| w.wake.try_clone()).collect()
     }
 }
 
-pub struct DataPlane {
+fn wake_up(wake: &UnixDatagram) {
+    // A full socket buffer means the loop has wake-ups pending already.
+    let _ = wake.send(b"w");
+}
+
+/// One packet thread's devices: its TUN queue, its UDP socket and its control ends.
+pub struct Queue {
     pub tun: SyncDevice,
     pub udp: Arc<Udp>,
+    pub ends: Ends,
+}
+
+pub struct DataPlane {
+    /// One per packet thread; the first runs the timers.
+    pub queues: Vec<Queue>,
     pub engine: Arc<Mutex<Engine>>,
     /// Handshake messages go here, for the handshake thread; transport data never waits
     /// behind them.
     pub handshakes: Arc<handshakes::Queue>,
-    /// The socket the handshake thread answers from (kept in step with ours).
+    /// The socket the handshake thread answers from (the first thread's, kept in step).
     pub socket_slot: Arc<handshakes::SocketSlot>,
-    /// Readable when the control plane has a command or wants the loop to stop.
-    pub wake: UnixDatagram,
-    pub commands: Receiver<Command>,
+    /// The threads' wake-up sockets ([`Handle::wakers`]).
+    pub wakers: Vec<UnixDatagram>,
     pub stop: Arc<AtomicBool>,
-    /// systemd watchdog ping interval: pinged from this loop, so a wedged loop (not just a
-    /// wedged process) gets the service restarted.
+    /// systemd watchdog ping interval: pinged from the first loop, so a wedged loop (not just
+    /// a wedged process) gets the service restarted.
     pub watchdog: Option<Duration>,
     /// The MTU TCP SYNs are clamped to (both ways), 0 for off: set by the control plane.
     pub mss_clamp: Arc<AtomicU16>,
 }
 
-impl DataPlane {
-    pub fn run(self) -> io::Result<()> {
-        self.tun.set_nonblocking(true)?;
-        self.wake.set_nonblocking(true)?;
-        let state = UdpSocketState::new((&self.udp.socket).into())?;
-        let gso_segments = state.max_gso_segments();
-        let mut io = Io {
-            data: lock(&self.engine).data_path(),
-            gso_segments,
-            gso_probed: None,
-            tun: &self.tun,
-            udp: self.udp,
-            handshakes: &self.handshakes,
-            socket_slot: &self.socket_slot,
-            state,
-            gso: Gso::default(),
-            out: TunBatch::default(),
-            gro: GROTable::default(),
-            stale: SendNotes::default(),
-            mss_clamp: &self.mss_clamp,
-        };
-        let mut bufs = Buffers::new();
-        let mut fds = [
-            self.tun.as_raw_fd(),
-            io.udp.socket.as_raw_fd(),
-            self.wake.as_raw_fd(),
-        ];
-        let mut next_tick = Instant::now();
-        let mut next_ping = Instant::now();
-        loop {
-            if let Some(interval) = self.watchdog {
-                if Instant::now() >= next_ping {
-                    crate::systemd::watchdog_ping();
-                    next_ping = Instant::now() + interval;
+/// What the packet threads share besides the engine.
+struct Common<'a> {
+    engine: &'a Mutex<Engine>,
+    handshakes: &'a handshakes::Queue,
+    socket_slot: &'a handshakes::SocketSlot,
+    wakers: &'a [UnixDatagram],
+    stop: &'a AtomicBool,
+    mss_clamp: &'a AtomicU16,
+    watchdog: Option<Duration>,
+    /// When the timer thread (0) wakes next, in nanoseconds since `epoch`: another thread
+    /// that gave the engine a sooner deadline wakes it.
+    timer_due: AtomicU64,
+    epoch: Instant,
+}
+
+impl Common<'_> {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Called by a thread other than the timer thread after the engine's lock: wakes the
+    /// timer thread if the engine now has a deadline before the one it sleeps until.
+    fn wake_timers_for(&self, engine: &Engine) {
+        if let Some((at, _)) = engine.poll_timeout() {
+            if self.nanos(at) < self.timer_due.load(Ordering::Relaxed) {
+                if let Some(w) = self.wakers.first() {
+                    wake_up(w);
                 }
             }
-            let mut wait = next_tick.saturating_duration_since(Instant::now());
-            if self.watchdog.is_some() {
-                wait = wait.min(next_ping.saturating_duration_since(Instant::now()));
-            }
-            let ready = poll_readable(&fds, wait)?;
-            if ready[2] {
-                drain_wakeups(&self.wake);
-                while let Ok(command) = self.commands.try_recv() {
-                    match command {
-                        Command::UseSocket(udp) => {
-                            io.use_socket(udp)?;
-                            fds[1] = io.udp.socket.as_raw_fd();
-                        }
+        }
+    }
+
+    /// A thread ended: the others stop too (one dead loop means a dead interface).
+    fn stop_all(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.wakers {
+            wake_up(w);
+        }
+    }
+}
+
+impl DataPlane {
+    /// Runs every packet thread (the first on this one) until they stop; the first error of
+    /// any of them (a deleted TUN device) is the result.
+    pub fn run(self) -> io::Result<()> {
+        let common = Common {
+            engine: &self.engine,
+            handshakes: &self.handshakes,
+            socket_slot: &self.socket_slot,
+            wakers: &self.wakers,
+            stop: &self.stop,
+            mss_clamp: &self.mss_clamp,
+            watchdog: self.watchdog,
+            timer_due: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        let common = &common;
+        let mut queues = self.queues.into_iter();
+        let Some(first) = queues.next() else {
+            return Err(io::Error::other("no packet queue"));
+        };
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            let mut others = Vec::new();
+            for (n, queue) in queues.enumerate() {
+                let span = span.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sitelink-packets-{}", n + 1))
+                    .spawn_scoped(scope, move || {
+                        let _span = span.entered();
+                        let result = run_queue(queue, common, false);
+                        common.stop_all();
+                        result
+                    });
+                match spawned {
+                    Ok(handle) => others.push(handle),
+                    Err(e) => {
+                        common.stop_all();
+                        return Err(e);
                     }
                 }
             }
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
+            let mut result = run_queue(first, common, true);
+            common.stop_all();
+            for handle in others {
+                let other = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a packet thread panicked")));
+                if result.is_ok() {
+                    result = other;
+                }
             }
-            let now = Instant::now();
-            if now >= next_tick {
-                let mut engine = lock(&self.engine);
+            result
+        })
+    }
+}
+
+/// One packet thread's loop. `timers`: this one runs the engine's timers and the watchdog.
+fn run_queue(queue: Queue, common: &Common<'_>, timers: bool) -> io::Result<()> {
+    let Queue { tun, udp, ends } = queue;
+    tun.set_nonblocking(true)?;
+    ends.wake.set_nonblocking(true)?;
+    let state = UdpSocketState::new((&udp.socket).into())?;
+    let gso_segments = state.max_gso_segments();
+    let mut io = Io {
+        data: lock(common.engine).data_path(),
+        gso_segments,
+        gso_probed: None,
+        tun: &tun,
+        udp,
+        handshakes: common.handshakes,
+        socket_slot: timers.then_some(common.socket_slot),
+        state,
+        gso: Gso::default(),
+        out: TunBatch::default(),
+        gro: GROTable::default(),
+        stale: SendNotes::default(),
+        mss_clamp: common.mss_clamp,
+        wake_timers: (!timers).then_some(common),
+    };
+    let mut bufs = Buffers::new();
+    let mut fds = [
+        tun.as_raw_fd(),
+        io.udp.socket.as_raw_fd(),
+        ends.wake.as_raw_fd(),
+    ];
+    let watchdog = common.watchdog.filter(|_| timers);
+    // A thread without timers only wakes for packets and commands.
+    let mut next_tick = if timers {
+        Instant::now()
+    } else {
+        Instant::now() + IDLE_WAKE
+    };
+    let mut next_ping = Instant::now();
+    loop {
+        if let Some(interval) = watchdog {
+            if Instant::now() >= next_ping {
+                crate::systemd::watchdog_ping();
+                next_ping = Instant::now() + interval;
+            }
+        }
+        let mut wait = next_tick.saturating_duration_since(Instant::now());
+        if watchdog.is_some() {
+            wait = wait.min(next_ping.saturating_duration_since(Instant::now()));
+        }
+        if timers {
+            common
+                .timer_due
+                .store(common.nanos(Instant::now() + wait), Ordering::Relaxed);
+        }
+        let ready = poll_readable(&fds, wait)?;
+        if ready[2] {
+            drain_wakeups(&ends.wake);
+            while let Ok(command) = ends.commands.try_recv() {
+                match command {
+                    Command::UseSocket(udp) => {
+                        io.use_socket(udp)?;
+                        fds[1] = io.udp.socket.as_raw_fd();
+                    }
+                }
+            }
+            if timers {
+                // Woken by another thread: the engine may have a sooner deadline.
+                note_deadline(&lock(common.engine), &mut next_tick);
+            }
+        }
+        if common.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + IDLE_WAKE;
+            if timers {
+                let mut engine = lock(common.engine);
                 engine.handle_timeout(now, SystemTime::now());
                 // Nothing scheduled: wake once a second anyway, so that the engine's
                 // wall-clock reference stays fresh.
@@ -188,18 +365,18 @@ impl DataPlane {
                     .map_or(now + IDLE_WAKE, |(at, _)| at.min(now + IDLE_WAKE));
                 io.drain_engine(&mut engine, &mut bufs.scratch);
             }
-            if ready[1] {
-                for _ in 0..BUDGET {
-                    if !io.udp_to_tun(&self.engine, &mut bufs, &mut next_tick)? {
-                        break;
-                    }
+        }
+        if ready[1] {
+            for _ in 0..BUDGET {
+                if !io.udp_to_tun(common.engine, &mut bufs, &mut next_tick)? {
+                    break;
                 }
             }
-            if ready[0] {
-                for _ in 0..BUDGET {
-                    if !io.tun_to_udp(&self.engine, &mut bufs, &mut next_tick)? {
-                        break;
-                    }
+        }
+        if ready[0] {
+            for _ in 0..BUDGET {
+                if !io.tun_to_udp(common.engine, &mut bufs, &mut next_tick)? {
+                    break;
                 }
             }
         }
@@ -284,7 +461,10 @@ struct Io<'a> {
     tun: &'a SyncDevice,
     udp: Arc<Udp>,
     handshakes: &'a handshakes::Queue,
-    socket_slot: &'a handshakes::SocketSlot,
+    /// Where the handshake thread finds the socket to answer from: the timer thread's.
+    socket_slot: Option<&'a handshakes::SocketSlot>,
+    /// Set on the threads that do not run the timers: whom to wake for a sooner deadline.
+    wake_timers: Option<&'a Common<'a>>,
     state: UdpSocketState,
     gso: Gso,
     out: TunBatch,
@@ -328,7 +508,9 @@ impl Io<'_> {
         let udp = Arc::new(udp);
         self.state = UdpSocketState::new((&udp.socket).into())?;
         self.gso_segments = self.state.max_gso_segments();
-        *self.socket_slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&udp);
+        if let Some(slot) = self.socket_slot {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&udp);
+        }
         let old = std::mem::replace(&mut self.udp, udp);
         tracing::info!(
             old_port = old.local_port().unwrap_or(0),
@@ -411,7 +593,7 @@ impl Io<'_> {
         if slow.is_some() || !self.stale.is_empty() {
             let mut engine = slow.unwrap_or_else(|| lock(engine));
             self.drain_engine(&mut engine, &mut b.slow_scratch);
-            note_deadline(&engine, next_tick);
+            self.note_deadline(&engine, next_tick);
         }
         self.restore_gso();
         Ok(true)
@@ -491,7 +673,7 @@ impl Io<'_> {
         if slow.is_some() || !self.stale.is_empty() {
             let mut engine = slow.unwrap_or_else(|| lock(engine));
             self.drain_engine(&mut engine, &mut b.slow_scratch);
-            note_deadline(&engine, next_tick);
+            self.note_deadline(&engine, next_tick);
         }
         if !handshakes.is_empty() {
             // Served behind the gate; dropped (and counted) over their source's share or
@@ -511,7 +693,18 @@ impl Io<'_> {
     }
 }
 
-/// Packets can give a peer session state, and with it a deadline sooner than the loop's.
+impl Io<'_> {
+    /// Packets can give a peer session state, and with it a deadline sooner than the timer
+    /// thread's: this thread's own, or the timer thread woken.
+    fn note_deadline(&self, engine: &Engine, next_tick: &mut Instant) {
+        match self.wake_timers {
+            Some(common) => common.wake_timers_for(engine),
+            None => note_deadline(engine, next_tick),
+        }
+    }
+}
+
+/// The engine's next deadline, if sooner than `next_tick`.
 fn note_deadline(engine: &Engine, next_tick: &mut Instant) {
     if let Some((at, _)) = engine.poll_timeout() {
         *next_tick = (*next_tick).min(at);

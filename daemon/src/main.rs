@@ -103,14 +103,15 @@ fn run(args: &Args) -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     let iface = &config.interface;
     let access = Arc::new(Access::new(iface.control_group.as_deref())?);
-    let tun = create_tun(&iface.name)?;
-    let index = tun
+    let threads = packet_threads(iface.threads);
+    let tun_queues = create_tun(&iface.name, threads)?;
+    let index = tun_queues[0]
         .if_index()
         .with_context(|| format!("cannot read the index of interface {}", iface.name))?;
     // The UDP port first: if it is taken, nothing has been configured yet. Its fwmark is
     // set with the rest of the configuration.
-    let udp = udp::Udp::bind(iface.listen_port.unwrap_or(0), None)?;
-    let listen_port = udp.local_port()?;
+    let group = udp::Udp::bind_group(iface.listen_port.unwrap_or(0), None, threads)?;
+    let listen_port = group[0].local_port()?;
     let mut engine = Engine::new(
         iface.private_key.as_ref(),
         Instant::now(),
@@ -122,16 +123,22 @@ async fn serve(config: Config) -> Result<()> {
     }
     let engine = Arc::new(Mutex::new(engine));
     let netlink = netlink::Netlink::open(index, iface.name.as_str(), iface.route_protocol)?;
-    let (plane, commands, wake, stop) =
-        dataplane::Handle::new().context("cannot create the packet loop's wake-up socket")?;
+    let (plane, ends, stop) = dataplane::Handle::new(threads)
+        .context("cannot create the packet loops' wake-up sockets")?;
+    let wakers = plane
+        .wakers()
+        .context("cannot create the packet loops' wake-up sockets")?;
     let queue = Arc::new(handshakes::Queue::default());
     let mss_clamp = Arc::clone(&plane.mss_clamp);
-    let socket = udp.control_handle()?;
+    let sockets = group
+        .iter()
+        .map(udp::Udp::control_handle)
+        .collect::<Result<Vec<_>>>()?;
     let state = State::start(
         config,
         Arc::clone(&engine),
         netlink,
-        socket,
+        sockets,
         listen_port,
         plane,
         Arc::clone(&queue),
@@ -143,15 +150,20 @@ async fn serve(config: Config) -> Result<()> {
     waker();
     dataplane::lock(&engine).set_event_waker(waker);
     let state = Arc::new(tokio::sync::Mutex::new(state));
-    let udp = Arc::new(udp);
+    let group: Vec<Arc<udp::Udp>> = group.into_iter().map(Arc::new).collect();
+    let socket_slot = Arc::new(Mutex::new(Arc::clone(&group[0])));
+    let queues = tun_queues
+        .into_iter()
+        .zip(group)
+        .zip(ends)
+        .map(|((tun, udp), ends)| dataplane::Queue { tun, udp, ends })
+        .collect();
     let plane = dataplane::DataPlane {
-        tun,
-        socket_slot: Arc::new(Mutex::new(Arc::clone(&udp))),
-        udp,
+        queues,
+        socket_slot,
         handshakes: queue,
         engine,
-        wake,
-        commands,
+        wakers,
         stop,
         watchdog: systemd::watchdog_interval(),
         mss_clamp,
@@ -175,6 +187,7 @@ async fn run_interface(
             s.listen_port,
         )
     };
+    let threads = plane.queues.len();
     let public_key = dataplane::lock(&plane.engine)
         .public_key()
         .map_or_else(|| "(none: no private key)".to_string(), |k| k.to_string());
@@ -264,7 +277,7 @@ async fn run_interface(
         .as_ref()
         .map_or_else(|| "off".to_string(), |m| m.to_string());
     tracing::info!(interface = %name, public_key = %public_key, listen_port, peers,
-        control = %socket_path.display(), metrics, "sitelinkd running");
+        threads, control = %socket_path.display(), metrics, "sitelinkd running");
     systemd::ready(&state.lock().await.status_line());
     tokio::spawn(report_status(Arc::clone(&state), memory));
     let hub = Arc::clone(&state.lock().await.events);
@@ -400,31 +413,58 @@ async fn report_status(state: Arc<tokio::sync::Mutex<State>>, mut memory: Option
 
 /// Creates the TUN device with offload (TSO/GSO, checked by tun-rs; plain reads if the
 /// kernel refuses) and a 1000-packet queue. Errors say which privilege or device is missing.
-fn create_tun(name: &InterfaceName) -> Result<tun_rs::SyncDevice> {
+/// Packet threads: as `threads` says, else one per core up to
+/// [`sitelink_config::DEFAULT_MAX_THREADS`].
+fn packet_threads(configured: Option<u16>) -> usize {
+    match configured {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(usize::from(sitelink_config::DEFAULT_MAX_THREADS)),
+    }
+}
+
+/// The TUN device, as `threads` queues (a multi-queue device when more than one: the kernel
+/// spreads flows over the queues, each flow on one).
+fn create_tun(name: &InterfaceName, threads: usize) -> Result<Vec<tun_rs::SyncDevice>> {
     let built = tun_rs::DeviceBuilder::new()
         .name(name.as_str())
         .with(|b| {
             b.offload(true);
             b.tx_queue_len(1000);
+            if threads > 1 {
+                b.multi_queue(true);
+            }
         })
         .build_sync();
-    built.map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                "sitelinkd needs CAP_NET_ADMIN to create a TUN interface: run it as root (or under the systemd unit)"
-            }
-            Some(libc::ENOENT) | Some(libc::ENODEV) => {
-                "/dev/net/tun is missing: load the tun module (modprobe tun)"
-            }
-            Some(libc::EBUSY) => "the interface is in use: is another sitelinkd or WireGuard running with this name?",
-            Some(libc::EINVAL) => "an interface with this name exists and is not a TUN device: pick another `name`",
-            _ => "",
-        };
-        let what = format!("cannot create TUN interface {name}");
-        if hint.is_empty() {
-            anyhow::Error::new(e).context(what)
-        } else {
-            anyhow::Error::new(e).context(format!("{what} ({hint})"))
+    let first = built.map_err(|e| tun_error(name, e))?;
+    let mut queues = Vec::with_capacity(threads);
+    for _ in 1..threads {
+        let queue = first.try_clone().with_context(|| {
+            format!("cannot open another queue of TUN interface {name} (threads = {threads}; try fewer)")
+        })?;
+        queues.push(queue);
+    }
+    queues.insert(0, first);
+    Ok(queues)
+}
+
+fn tun_error(name: &InterfaceName, e: std::io::Error) -> anyhow::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "sitelinkd needs CAP_NET_ADMIN to create a TUN interface: run it as root (or under the systemd unit)"
         }
-    })
+        Some(libc::ENOENT) | Some(libc::ENODEV) => {
+            "/dev/net/tun is missing: load the tun module (modprobe tun)"
+        }
+        Some(libc::EBUSY) => "the interface is in use: is another sitelinkd or WireGuard running with this name?",
+        Some(libc::EINVAL) => "an interface with this name exists and is not a TUN device: pick another `name`",
+        _ => "",
+    };
+    let what = format!("cannot create TUN interface {name}");
+    if hint.is_empty() {
+        anyhow::Error::new(e).context(what)
+    } else {
+        anyhow::Error::new(e).context(format!("{what} ({hint})"))
+    }
 }

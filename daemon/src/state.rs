@@ -33,7 +33,7 @@ use sitelink_config::{
 use sitelink_engine::health::EndpointSource;
 use sitelink_engine::{Engine, PeerId, PeerSpec};
 
-use crate::dataplane::{self, Command};
+use crate::dataplane;
 use crate::dns;
 use crate::netlink::{Change, Netlink};
 use crate::persist;
@@ -63,8 +63,8 @@ pub struct State {
     routing: Routing,
     /// `config`'s peers by name, key and prefix, for validating the next change.
     index: PeerIndex,
-    /// Another handle on the packet loop's UDP socket, to change its mark.
-    socket: UdpSocket,
+    /// Other handles on the packet threads' UDP sockets (one each), to change their mark.
+    sockets: Vec<UdpSocket>,
     ids: HashMap<PublicKey, PeerId>,
     /// A resolver per peer with a host-name endpoint.
     resolvers: HashMap<PublicKey, dns::Resolver>,
@@ -172,7 +172,7 @@ impl State {
         config: Config,
         engine: Arc<Mutex<Engine>>,
         netlink: Netlink,
-        socket: UdpSocket,
+        sockets: Vec<UdpSocket>,
         listen_port: u16,
         plane: dataplane::Handle,
         handshakes: Arc<crate::handshakes::Queue>,
@@ -206,7 +206,7 @@ impl State {
             netlink,
             routing: Routing::default(),
             index: PeerIndex::default(),
-            socket,
+            sockets,
             ids: HashMap::default(),
             resolvers: HashMap::default(),
             resolve_interval: Arc::new(AtomicU64::new(config.interface.resolve_interval.into())),
@@ -261,19 +261,31 @@ impl State {
         let new_mark = new_if.effective_fwmark(&new.peers);
 
         // Prepare: what can fail, in an order that can be undone.
+        if new_if.threads != old_if.threads {
+            summary.warnings.push(format!(
+                "threads changed ({} -> {}): the packet threads change when sitelinkd restarts",
+                threads_shown(old_if.threads),
+                threads_shown(new_if.threads)
+            ));
+        }
         let new_socket = match new_if.listen_port.filter(|p| *p != self.listen_port) {
             Some(port) => {
-                let udp = Udp::bind(port, new_mark)
+                let group = Udp::bind_group(port, new_mark, self.plane.threads())
                     .with_context(|| format!("listen-port {port} refused, nothing changed"))?;
-                let handle = udp.control_handle()?;
+                let handles = group
+                    .iter()
+                    .map(Udp::control_handle)
+                    .collect::<Result<Vec<_>>>()?;
                 summary.listen_port = Some((self.listen_port, port));
-                Some((udp, handle, port))
+                Some((group, handles, port))
             }
             None => None,
         };
         let mark_changed = new_mark != self.fwmark;
         if mark_changed && new_socket.is_none() {
-            udp::set_mark(&self.socket, new_mark)?;
+            for socket in &self.sockets {
+                udp::set_mark(socket, new_mark)?;
+            }
         }
         let mut routing = if new_if.withdraw_when_down != old_if.withdraw_when_down {
             // Which peers' routes are in the kernel changes for all of them.
@@ -288,8 +300,10 @@ impl State {
             Ok(warnings) => warnings,
             Err(e) => {
                 if mark_changed && new_socket.is_none() {
-                    if let Err(undo) = udp::set_mark(&self.socket, self.fwmark) {
-                        tracing::error!("restoring the fwmark: {undo:#}");
+                    for socket in &self.sockets {
+                        if let Err(undo) = udp::set_mark(socket, self.fwmark) {
+                            tracing::error!("restoring the fwmark: {undo:#}");
+                        }
                     }
                 }
                 return Err(e.context("the change was refused and nothing changed"));
@@ -308,9 +322,9 @@ impl State {
         self.plane.mss_clamp.store(clamp_to, Ordering::Relaxed);
         self.index.apply(&delta);
         drop(delta);
-        if let Some((udp, handle, port)) = new_socket {
-            if self.plane.send(Command::UseSocket(udp)).is_ok() {
-                self.socket = handle;
+        if let Some((group, handles, port)) = new_socket {
+            if self.plane.use_sockets(group).is_ok() {
+                self.sockets = handles;
                 self.listen_port = port;
             }
         }
@@ -744,4 +758,9 @@ fn spec(peer: &Peer) -> PeerSpec {
 /// A host-name endpoint, or a list of endpoints: kept by a [`dns::Resolver`].
 fn needs_resolver(peer: &Peer) -> bool {
     peer.endpoint.as_ref().is_some_and(|e| e.ip().is_none()) || !peer.more_endpoints.is_empty()
+}
+
+/// `threads` as the operator wrote it, for messages.
+fn threads_shown(threads: Option<u16>) -> String {
+    threads.map_or_else(|| "one per core".to_string(), |n| n.to_string())
 }

@@ -1,4 +1,5 @@
-//! The one UDP socket: dual-stack (IPv4 and IPv6 outer addresses) where the host has IPv6,
+//! The UDP sockets, one per packet thread (a `SO_REUSEPORT` group on one port when there
+//! are several): dual-stack (IPv4 and IPv6 outer addresses) where the host has IPv6,
 //! IPv4-only otherwise, with large kernel buffers. Owns: address mapping between the
 //! socket's view (v4-mapped IPv6) and the engine's (plain IPv4).
 
@@ -50,10 +51,41 @@ pub struct Udp {
 impl Udp {
     /// Binds the UDP port (0: the system picks) with firewall mark `mark` on every packet.
     pub fn bind(port: u16, mark: Option<u32>) -> Result<Self> {
-        let (socket, dual_stack) = match bind_v6(port) {
+        Self::bind_with(port, mark, false)
+    }
+
+    /// `count` sockets on one port, one per packet thread. With more than one they form a
+    /// `SO_REUSEPORT` group: the kernel gives each datagram to the socket its 4-tuple hashes
+    /// to, so one peer's datagrams always reach the same thread, in order.
+    ///
+    /// Security: only sockets of the same effective user can join a reuseport group (the
+    /// kernel's rule), so another user cannot take a share of our datagrams. That the port is
+    /// free is checked first with a plain bind, so a second sitelinkd (or WireGuard) on the
+    /// port is refused as it is with one thread, instead of silently sharing it.
+    pub fn bind_group(port: u16, mark: Option<u32>, count: usize) -> Result<Vec<Self>> {
+        if count <= 1 {
+            return Ok(vec![Self::bind(port, mark)?]);
+        }
+        if port != 0 {
+            drop(Self::bind_with(port, None, false)?);
+        }
+        let first = Self::bind_with(port, mark, true)?;
+        let port = first.local_port()?;
+        let mut group = vec![first];
+        for _ in 1..count {
+            group.push(Self::bind_with(port, mark, true)?);
+        }
+        Ok(group)
+    }
+
+    fn bind_with(port: u16, mark: Option<u32>, reuse_port: bool) -> Result<Self> {
+        let (socket, dual_stack) = match bind_v6(port, reuse_port) {
             Ok(s) => (s, true),
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
                 let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                if reuse_port {
+                    s.set_reuse_port(true)?;
+                }
                 s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
                     .map_err(|e| bind_error(e, port))?;
                 (s, false)
@@ -121,9 +153,12 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn bind_v6(port: u16) -> io::Result<Socket> {
+fn bind_v6(port: u16, reuse_port: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_only_v6(false)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
     Ok(s)
 }

@@ -37,7 +37,7 @@ use chacha20poly1305::XChaCha20Poly1305;
 use mock_instant::MockClock;
 use sitelink_config::{Cidr, PresharedKey, PrivateKey, PublicKey};
 use sitelink_engine::handshake::{is_handshake, HandshakeGate, Verdict};
-use sitelink_engine::{Engine, Instant, PeerSpec, Received, Transmit};
+use sitelink_engine::{Engine, Fast, Instant, PeerSpec, Received, Transmit};
 
 /// Buffer size of every engine call.
 pub const BUF: usize = 65536;
@@ -820,6 +820,27 @@ impl World {
                 return;
             }
         }
+        // As the daemon's packet threads: the fast path first, the engine for what it hands
+        // back (whatever the input changed is published first, as the daemon's lock does).
+        site.engine.publish();
+        match site
+            .engine
+            .data_path()
+            .decrypt(now, from, local, datagram, &mut buf)
+        {
+            Fast::Tunnel(packet) => {
+                check_inbound(packet, &site.peer_ips);
+                self.buf = buf;
+                self.tunnel_out += 1;
+                return;
+            }
+            Fast::Done => {
+                self.buf = buf;
+                return;
+            }
+            Fast::Network(_) => panic!("the fast path's decrypt returned a datagram to send"),
+            Fast::Slow => {}
+        }
         let result = match site
             .engine
             .handle_datagram(now, from, local, datagram, &mut buf)
@@ -865,13 +886,20 @@ impl World {
     pub fn tunnel_packet(&mut self, from: Side, packet: &[u8]) {
         let now = self.now;
         let mut buf = std::mem::take(&mut self.buf);
-        let out = self.sites[from]
-            .engine
-            .handle_tunnel_packet(now, packet, &mut buf)
-            .map(|t| {
+        let engine = &mut self.sites[from].engine;
+        engine.publish();
+        let out = match engine.data_path().encrypt(now, packet, &mut buf) {
+            Fast::Network(t) => {
+                check_transmit(&t);
+                Some((t.dst, t.payload.to_vec()))
+            }
+            Fast::Done => None,
+            Fast::Tunnel(_) => panic!("the fast path's encrypt returned a packet for the TUN"),
+            Fast::Slow => engine.handle_tunnel_packet(now, packet, &mut buf).map(|t| {
                 check_transmit(&t);
                 (t.dst, t.payload.to_vec())
-            });
+            }),
+        };
         self.buf = buf;
         if let Some((dst, payload)) = out {
             self.sent(from, dst, &payload);

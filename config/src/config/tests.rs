@@ -1844,3 +1844,25 @@ fn ha_needs_a_virtual_address() {
         &["not an IP address", "without a prefix"],
     );
 }
+
+#[test]
+fn threads_default_to_the_cores_and_are_checked() {
+    let text = |extra: &str| format!("{}{extra}", interface());
+    assert_eq!(parse(&text("")).unwrap().interface.threads, None);
+    assert_eq!(
+        parse(&text("threads = 4\n")).unwrap().interface.threads,
+        Some(4)
+    );
+    for bad in ["threads = 0\n", "threads = 65\n", "threads = -1\n"] {
+        expect_error(
+            &text(bad),
+            3,
+            "interface: threads",
+            &[
+                "out of range",
+                "1-64 packet threads",
+                "one per core, at most 8",
+            ],
+        );
+    }
+}
