@@ -57,6 +57,11 @@ use crate::udp::{canonical, canonical_ip, Udp};
 const MAX_PACKET: usize = 65536;
 /// Batches drained from one source before the loop looks at the other and at timers.
 const BUDGET: usize = 16;
+/// Free packet buffers a TUN read must have: a 64 KiB TCP super-packet splits into at most
+/// this many segments (123 at the smallest MSS the MTU allows). The packet buffers are twice
+/// as many, so that small packets (a read each) fill a batch; they are touched only as far as
+/// packets reach, so the unused ones cost address space, not memory.
+const SPLIT_ROOM: usize = IDEAL_BATCH_SIZE;
 /// How long one send may wait for socket buffer space before the datagram is dropped.
 const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
@@ -445,9 +450,11 @@ impl Buffers {
     fn new() -> Self {
         Self {
             tun_raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
-            tun_pkts: vec![vec![0; MAX_PACKET]; IDEAL_BATCH_SIZE],
-            tun_sizes: vec![0; IDEAL_BATCH_SIZE],
-            udp_bufs: vec![vec![0; MAX_PACKET]; BATCH_SIZE],
+            // Each zeroed on its own (not cloned): the allocator hands out untouched pages,
+            // so a buffer costs memory only as far as packets reach into it.
+            tun_pkts: (0..2 * SPLIT_ROOM).map(|_| vec![0; MAX_PACKET]).collect(),
+            tun_sizes: vec![0; 2 * SPLIT_ROOM],
+            udp_bufs: (0..BATCH_SIZE).map(|_| vec![0; MAX_PACKET]).collect(),
             udp_meta: vec![RecvMeta::default(); BATCH_SIZE],
             scratch: vec![0; MAX_PACKET + 64],
             slow_scratch: vec![0; MAX_PACKET + 64],
@@ -544,23 +551,38 @@ impl Io<'_> {
         b: &mut Buffers,
         next_tick: &mut Instant,
     ) -> io::Result<bool> {
-        let n = match self
-            .tun
-            .recv_multiple(&mut b.tun_raw, &mut b.tun_pkts, &mut b.tun_sizes, 0)
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-            Err(e) => {
-                // A malformed super-packet is one bad packet, not a dead loop; a dead TUN fd
-                // (EBADFD: interface deleted under us) is fatal.
-                if e.raw_os_error() == Some(libc::EBADFD) {
-                    return Err(e);
+        // Reads until the queue is empty or the buffers could not take another super-packet:
+        // small packets (each its own read) are then encrypted and sent as one run (one UDP
+        // GSO send for equal sizes) instead of a send each.
+        let mut n = 0;
+        let mut more = true;
+        while n + SPLIT_ROOM <= b.tun_pkts.len() {
+            match self.tun.recv_multiple(
+                &mut b.tun_raw,
+                &mut b.tun_pkts[n..],
+                &mut b.tun_sizes[n..],
+                0,
+            ) {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
                 }
-                tracing::debug!(error = %e, "dropped unreadable TUN packet");
-                return Ok(true);
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    // A malformed super-packet is one bad packet, not a dead loop; a dead TUN
+                    // fd (EBADFD: interface deleted under us) is fatal.
+                    if e.raw_os_error() == Some(libc::EBADFD) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "dropped unreadable TUN packet");
+                    break;
+                }
             }
-        };
+        }
+        if n == 0 {
+            return Ok(more);
+        }
         let clamp_to = self.mss_clamp.load(Ordering::Relaxed);
         // Taken at the first packet the fast path hands back, and kept for the rest of the
         // batch: packets stay in order, and a batch costs at most one lock.
@@ -596,7 +618,7 @@ impl Io<'_> {
             self.note_deadline(&engine, next_tick);
         }
         self.restore_gso();
-        Ok(true)
+        Ok(more)
     }
 
     /// One recvmmsg batch from the network through the engine to the TUN device.

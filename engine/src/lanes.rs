@@ -44,7 +44,9 @@ use crate::{
     TYPE_HANDSHAKE_INIT,
 };
 
-/// One peer, as the packet threads see it.
+/// One peer, as the packet threads see it. Aligned to (two) cache lines, so that the lock
+/// and counters one thread writes for its peer never share a line with another peer's.
+#[repr(align(128))]
 pub(crate) struct Lane {
     pub id: PeerId,
     state: Mutex<LaneState>,
@@ -126,20 +128,26 @@ const INDEX_SHARDS: usize = 64;
 /// Receiver index (24 bits) → lane, sharded so that threads reading different indices do not
 /// share a lock, and a handshake's write blocks one shard for a moment.
 pub(crate) struct IndexMap {
-    shards: Vec<RwLock<HashMap<u32, Arc<Lane>>>>,
+    shards: Vec<Shard>,
 }
+
+/// One shard, on cache lines of its own: a read lock writes the lock's word, and shards of
+/// different peers' indices must not share a line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(RwLock<HashMap<u32, Arc<Lane>>>);
 
 impl Default for IndexMap {
     fn default() -> Self {
         Self {
-            shards: (0..INDEX_SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..INDEX_SHARDS).map(|_| Shard::default()).collect(),
         }
     }
 }
 
 impl IndexMap {
     fn shard(&self, index: u32) -> &RwLock<HashMap<u32, Arc<Lane>>> {
-        &self.shards[index as usize % INDEX_SHARDS]
+        &self.shards[index as usize % INDEX_SHARDS].0
     }
 
     pub fn get(&self, index: u32) -> Option<Arc<Lane>> {
