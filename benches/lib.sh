@@ -223,8 +223,13 @@ EOF
 # to DST, then a TIME-second single TCP stream from CLIENT_NS; JSON gets the client's -J
 # output (stderr in JSON.err) and IPERF_RC its exit status.  Returns 1 (and shows SRVLOG)
 # if the server does not come up.
-iperf3_tcp() {
+iperf3_tcp() { iperf3_run "$@"; }
+
+# iperf3_run SERVER_NS CLIENT_NS DST JSON SRVLOG [CLIENT-ARG...]: as iperf3_tcp, with more
+# arguments for the client (`-R`, `-P 4`, `-u -l 64 -b 0`, ...).
+iperf3_run() {
     local sns=$1 cns=$2 dst=$3 json=$4 srvlog=$5 spid
+    shift 5
     ip netns exec "$sns" iperf3 -s -1 -B "$dst" >"$srvlog" 2>&1 &
     spid=$!
     if ! wait_for "iperf3 server in $sns" 10 \
@@ -237,7 +242,7 @@ iperf3_tcp() {
     IPERF_RC=0
     # shellcheck disable=SC2034  # IPERF_RC is read by the caller
     timeout --foreground -k 5 $((TIME + 30)) ip netns exec "$cns" \
-        iperf3 -c "$dst" -t "$TIME" -J >"$json" 2>"$json.err" || IPERF_RC=$?
+        iperf3 -c "$dst" -t "$TIME" -J "$@" >"$json" 2>"$json.err" || IPERF_RC=$?
     kill "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
 }
@@ -256,12 +261,31 @@ class IperfError(Exception):
 
 def iperf_result(jsonf):
     """(Gbit/s received, sender retransmits) of an `iperf3 -J` run."""
+    end = iperf_end(jsonf)
+    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", "nan")
+
+def iperf_tcp_bytes(jsonf):
+    """Bytes the receiver got in an `iperf3 -J` TCP run (end.sum_received.bytes)."""
+    return iperf_end(jsonf)["sum_received"]["bytes"]
+
+def iperf_end(jsonf):
+    """The "end" object of an `iperf3 -J` run; IperfError if iperf3 reported an error."""
     with open(jsonf) as f:
         j = json.load(f)
     if "error" in j:
         raise IperfError(j["error"])
-    end = j["end"]
-    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", "nan")
+    return j["end"]
+
+def iperf_udp_result(jsonf):
+    """(packets per second the receiver got, packets sent, lost) of an `iperf3 -u -J` client
+    run.  In iperf3 3.12 the client's end.sum_received (and end.sum, the same figures) holds
+    the receiver's view, which the server reports back: packets - lost_packets is what
+    arrived (it equals sum_received.bytes / the payload size) and `seconds` the duration."""
+    end = iperf_end(jsonf)
+    r = end.get("sum_received") or end["sum"]
+    sent = end.get("sum_sent", end["sum"])["packets"]
+    got = r["packets"] - r["lost_packets"]
+    return got / r["seconds"], sent, r["lost_packets"]
 
 def read_rows(resf, mincols):
     """TSV rows of at least mincols columns, grouped by their first column."""
