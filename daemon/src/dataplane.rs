@@ -2,10 +2,10 @@
 //! through the engine, in batches.
 //!
 //! Each thread owns one queue of a multi-queue TUN device and one UDP socket of a
-//! `SO_REUSEPORT` group (one of each with `threads = 1`). The kernel keeps a flow on one
-//! queue (the TUN device's flow hash) and a peer's datagrams on one socket (the 4-tuple
-//! hash), so packets of one flow are handled by one thread, in order; threads never share a
-//! packet. What they share is the engine: routine transport data goes through its fast path
+//! `SO_REUSEPORT` group (one of each with `threads = 1`). The kernel keeps a peer's
+//! datagrams on one socket (the 4-tuple hash), and the TUN device sends a flow's outgoing
+//! packets to the queue its incoming ones were written on: one peer's traffic, both ways, is
+//! one thread's, in order, and the threads divide the peers; they never share a packet. What they share is the engine: routine transport data goes through its fast path
 //! ([`DataPath`]: per-peer locks, no engine lock), the rest through the engine under its lock.
 //! Thread 0 also runs the engine's timers and pings the systemd watchdog; another thread that
 //! gave a peer a sooner deadline (a new session) wakes it.

@@ -425,7 +425,7 @@ fn packet_threads(configured: Option<u16>) -> usize {
 }
 
 /// The TUN device, as `threads` queues (a multi-queue device when more than one: the kernel
-/// spreads flows over the queues, each flow on one).
+/// puts each flow on one queue, the one its reverse packets were written on).
 fn create_tun(name: &InterfaceName, threads: usize) -> Result<Vec<tun_rs::SyncDevice>> {
     let built = tun_rs::DeviceBuilder::new()
         .name(name.as_str())
