@@ -5,7 +5,8 @@
 //! `SO_REUSEPORT` group (one of each with `threads = 1`). The kernel keeps a peer's
 //! datagrams on one socket (the 4-tuple hash), and the TUN device sends a flow's outgoing
 //! packets to the queue its incoming ones were written on: one peer's traffic, both ways, is
-//! one thread's, in order, and the threads divide the peers; they never share a packet. What they share is the engine: routine transport data goes through its fast path
+//! one thread's, in order, and the threads divide the peers; they never share a packet.
+//! What they share is the engine: routine transport data goes through its fast path
 //! ([`DataPath`]: per-peer locks, no engine lock), the rest through the engine under its lock.
 //! Thread 0 also runs the engine's timers and pings the systemd watchdog; another thread that
 //! gave a peer a sooner deadline (a new session) wakes it.
@@ -15,8 +16,9 @@
 //!
 //! Each wakeup drains up to a budget of batches from each ready source:
 //! - TUN → UDP: with TUN offload the kernel hands us TCP super-packets of up to 64 KiB; tun-rs
-//!   splits them into MTU-sized packets, the engine encrypts each, and runs of equal-sized
-//!   datagrams to one endpoint leave in one UDP GSO send.
+//!   splits them into MTU-sized packets; small packets (a read each) are read until the queue
+//!   is empty, up to a batch; the engine encrypts each, and runs of equal-sized datagrams to
+//!   one endpoint leave in one UDP GSO send.
 //! - UDP → TUN: recvmmsg with UDP GRO returns up to `BATCH_SIZE` buffers of coalesced
 //!   datagrams; the engine decrypts each, and tun-rs coalesces the TCP segments (GRO) into
 //!   few TUN writes.
