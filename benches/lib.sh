@@ -86,6 +86,24 @@ find_python() { # find_python WHAT-FOR: sets PY
     [[ -n "$PY" ]] || { echo "error: python3 not found ($1)" >&2; exit 1; }
 }
 
+# parse_thread_counts OPTION LIST: sets THREADS_LIST to the packet-thread counts (1-64) of the
+# comma-separated LIST, in order, duplicates dropped; a bad count exits 2 naming OPTION.
+parse_thread_counts() {
+    local option=$1 t req
+    THREADS_LIST=()
+    IFS=',' read -r -a req <<<"$2"
+    for t in "${req[@]}"; do
+        t="${t// /}"
+        [[ -z "$t" ]] && continue
+        if ! [[ "$t" =~ ^[1-9][0-9]*$ ]] || ((t > 64)); then
+            echo "error: $option: '$t' is not a thread count (1-64)" >&2
+            exit 2
+        fi
+        [[ " ${THREADS_LIST[*]} " == *" $t "* ]] && continue
+        THREADS_LIST+=("$t")
+    done
+}
+
 # ---------------------------------------------------------------- work dir and cleanup
 init_workdir() { # init_workdir NAME: WORK=/tmp/sitelink-NAME.XXXXXX, empty $RESULTS in it
     WORK=$(mktemp -d "/tmp/sitelink-$1.XXXXXX")
@@ -177,6 +195,35 @@ wait_for() { # wait_for DESC TIMEOUT_S CMD... : poll CMD every 0.1 s
 }
 
 alive() { kill -0 "$1" 2>/dev/null; }
+
+# tunnel_warmup FROM_NS DST NS...: pings DST from FROM_NS through the tunnel until it answers
+# (the handshake is done; 20 s at most), then five more to settle ARP, handshake and keepalive
+# state. Fails if a daemon of $DAEMON_PIDS dies first or nothing answers, showing the NS...
+# namespaces' addresses and routes and the $DAEMON_LOGS.
+tunnel_warmup() {
+    local from=$1 dst=$2 deadline=$((SECONDS + 20)) p l ns
+    shift 2
+    until ip netns exec "$from" ping -c 1 -W 1 "$dst" >/dev/null 2>&1; do
+        for p in $DAEMON_PIDS; do
+            if ! alive "$p"; then
+                echo "error: a daemon (pid $p) died before the tunnel to $dst came up" >&2
+                for l in $DAEMON_LOGS; do show_log "$l"; done
+                return 1
+            fi
+        done
+        if ((SECONDS >= deadline)); then
+            echo "error: no ping reply from $dst through the tunnel within 20s" >&2
+            for ns in "$@"; do
+                echo "---- $ns:" >&2
+                ip -n "$ns" -br addr >&2 || true
+                ip -n "$ns" route >&2 || true
+            done
+            for l in $DAEMON_LOGS; do show_log "$l"; done
+            return 1
+        fi
+    done
+    ip netns exec "$from" ping -c 5 -i 0.05 -W 1 "$dst" >/dev/null 2>&1 || true
+}
 
 show_log() { # show_log FILE
     if [[ -s "$1" ]]; then

@@ -98,17 +98,7 @@ fi
 # --sitelink-threads: thread counts, validated, in the given order
 THREADS_LIST=()
 if [[ -n "$SL_THREADS" ]]; then
-    IFS=',' read -r -a req <<<"$SL_THREADS"
-    for t in "${req[@]}"; do
-        t="${t// /}"
-        [[ -z "$t" ]] && continue
-        if ! [[ "$t" =~ ^[1-9][0-9]*$ ]] || ((t > 64)); then
-            echo "error: --sitelink-threads: '$t' is not a thread count (1-64)" >&2
-            exit 2
-        fi
-        [[ " ${THREADS_LIST[*]} " == *" $t "* ]] && continue
-        THREADS_LIST+=("$t")
-    done
+    parse_thread_counts --sitelink-threads "$SL_THREADS"
     if [[ ${#THREADS_LIST[@]} -gt 0 && " ${IMPLS[*]} " != *" sitelink "* ]]; then
         echo "error: --sitelink-threads adds sitelink rows; include sitelink in --only" >&2
         exit 2
@@ -379,31 +369,6 @@ sitelink_threads_note() {
     fi
 }
 
-# warm up: ping through the tunnel until it answers (handshake done)
-warmup() { # warmup DST
-    local dst=$1 deadline=$((SECONDS + 20)) p
-    until ip netns exec "$NSA" ping -c 1 -W 1 "$dst" >/dev/null 2>&1; do
-        for p in $DAEMON_PIDS; do
-            if ! alive "$p"; then
-                echo "error: a daemon (pid $p) died before the tunnel came up" >&2
-                for l in $DAEMON_LOGS; do show_log "$l"; done
-                return 1
-            fi
-        done
-        if ((SECONDS >= deadline)); then
-            echo "error: no ping reply from $dst through the tunnel within 20s" >&2
-            for ns in "$NSA" "$NSB"; do
-                echo "---- $ns:" >&2
-                ip -n "$ns" -br addr >&2 || true
-                ip -n "$ns" route >&2 || true
-            done
-            for l in $DAEMON_LOGS; do show_log "$l"; done
-            return 1
-        fi
-    done
-    # a few more to settle (ARP/handshake/keepalive state)
-    ip netns exec "$NSA" ping -c 5 -i 0.05 -W 1 "$dst" >/dev/null 2>&1 || true
-}
 
 # daemon_cpu_ticks: utime+stime (clock ticks) of the processes in DAEMON_PIDS, summed.
 # /proc/PID/stat of a process counts all its threads, the exited ones included.
@@ -602,7 +567,7 @@ run_one() {
         sitelink) setup_sitelink "$impl" ;;
         sitelink-t*) setup_sitelink "$impl" "${impl#sitelink-t}" ;;
     esac
-    warmup "$dst"
+    tunnel_warmup "$NSA" "$dst" "$NSA" "$NSB"
     case "$impl" in
         sitelink) sitelink_threads_note ;;
         sitelink-t*) sitelink_threads_note "${impl#sitelink-t}" ;;

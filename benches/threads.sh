@@ -66,18 +66,7 @@ FLAG_OPTS=([--keep-logs]=KEEP_LOGS)
 parse_options "$@"
 require_positive_ints ROUNDS TIME
 
-THREADS_LIST=()
-IFS=',' read -r -a req <<<"$THREADS_OPT"
-for t in "${req[@]}"; do
-    t="${t// /}"
-    [[ -z "$t" ]] && continue
-    if ! [[ "$t" =~ ^[1-9][0-9]*$ ]] || ((t > 64)); then
-        echo "error: --threads: '$t' is not a thread count (1-64)" >&2
-        exit 2
-    fi
-    [[ " ${THREADS_LIST[*]} " == *" $t "* ]] && continue
-    THREADS_LIST+=("$t")
-done
+parse_thread_counts --threads "$THREADS_OPT"
 if [[ ${#THREADS_LIST[@]} -eq 0 ]]; then
     echo "error: --threads is empty" >&2
     exit 2
@@ -230,27 +219,6 @@ reported_threads() {
     done
 }
 
-# warmup DST: ping from the hub through the tunnel until DST answers (20 s)
-warmup() {
-    local dst=$1 deadline=$((SECONDS + 20)) p l
-    until ip netns exec "$NSH" ping -c 1 -W 1 "$dst" >/dev/null 2>&1; do
-        for p in $DAEMON_PIDS; do
-            if ! alive "$p"; then
-                echo "error: a sitelinkd (pid $p) died before the tunnel to $dst came up" >&2
-                for l in $DAEMON_LOGS; do show_log "$l"; done
-                return 1
-            fi
-        done
-        if ((SECONDS >= deadline)); then
-            echo "error: no ping reply from $dst through the tunnel within 20s" >&2
-            ip -n "$NSH" -br addr >&2 || true
-            ip -n "$NSH" route >&2 || true
-            for l in $DAEMON_LOGS; do show_log "$l"; done
-            return 1
-        fi
-    done
-    ip netns exec "$NSH" ping -c 5 -i 0.05 -W 1 "$dst" >/dev/null 2>&1 || true
-}
 
 # cpu_ticks PID: /proc/PID/stat fields 14 (utime) + 15 (stime), all threads, in clock ticks
 cpu_ticks() {
@@ -441,8 +409,8 @@ run_one() {
     REPORTED=$(IFS=,; echo "${got[*]}")
     log "threads=$n round $round: daemons H,B,C report threads=$REPORTED (hub pid $HUB_PID)"
 
-    warmup "$TUN_B"
-    warmup "$TUN_C"
+    tunnel_warmup "$NSH" "$TUN_B" "$NSH"
+    tunnel_warmup "$NSH" "$TUN_C" "$NSH"
     measure "$n" "$round" "$k"
 }
 
