@@ -108,7 +108,7 @@ impl Traffic {
 }
 
 /// The engine's word on a peer's path, for the fast path.
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Default, Clone, Copy)]
 pub(crate) struct Path {
     /// Where its datagrams go (its endpoint), from which of our addresses.
     pub send_to: Option<SocketAddr>,

@@ -465,10 +465,7 @@ impl Engine {
             awaiting_confirm: peer.awaiting_confirm,
             heard_ok: peer.liveness.live != Live::Down,
         };
-        let mut lane = peer.lane.lock();
-        if lane.path != path {
-            lane.path = path;
-        }
+        peer.lane.lock().path = path;
     }
 
     /// The wall-clock time of the latest initiation we sent to any peer: the timestamp in it,
