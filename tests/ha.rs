@@ -249,19 +249,26 @@ fn the_standby_takes_over_when_the_active_gateway_dies_and_hands_back_when_it_re
     let pair = Pair::new();
     let _b = pair.start_b();
     let mut a1 = pair.start_member(0);
-    let _a2 = pair.start_member(1);
+    let a2_daemon = pair.start_member(1);
     // Both standby until keepalived gives one of them the address.
     assert_eq!(pair.ha_state(0), "standby");
     assert_eq!(pair.ha_state(1), "standby");
+    // A1's keepalived first, and A2's once A1 holds the addresses: started together, A2's
+    // could win the first election (its master-down timer is only 39 ms longer than A1's, less
+    // than a busy machine's start-up jitter) and A2 would be active, and handshake, until A1
+    // preempts it. VRRP allows that; this test is about a standby that stays one.
     let mut k1 = pair.start_keepalived(0);
-    let _k2 = pair.start_keepalived(1);
     let a1_active = wait_for(Duration::from_secs(20), || pair.ha_state(0) == "active");
     assert!(
         a1_active.is_some(),
         "A1 never went active:\n{}",
         k1.log_text()
     );
-    assert_eq!(pair.ha_state(1), "standby");
+    let k2 = pair.start_keepalived(1);
+    // Longer than A2's master-down interval (3 adverts of 200 ms and the skew): had it not
+    // heard A1, it would have taken the addresses by now.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(pair.ha_state(1), "standby", "{}", k2.log_text());
     assert!(
         pair.lan.ping_until("198.19.2.10", Duration::from_secs(15)),
         "host A cannot reach host B through A1:\n{}",
@@ -269,7 +276,11 @@ fn the_standby_takes_over_when_the_active_gateway_dies_and_hands_back_when_it_re
     );
     // The standby holds no session and routes nothing.
     let a2 = show_json(&pair.run_dir, &pair.a[1].iface);
-    assert!(a2["peers"][0]["latest_handshake"].is_null(), "{a2}");
+    assert!(
+        a2["peers"][0]["latest_handshake"].is_null(),
+        "{a2}\n{}",
+        a2_daemon.log_text()
+    );
     let a2_routes = pair.a[1].gw.ip(&["route", "show", "dev", &pair.a[1].iface]);
     assert!(
         !String::from_utf8_lossy(&a2_routes.stdout).contains("198.19.2.0/24"),
