@@ -11,8 +11,9 @@
 //! Thread 0 also runs the engine's timers and pings the systemd watchdog; another thread that
 //! gave a peer a sooner deadline (a new session) wakes it.
 //!
-//! Owns: buffers, batching, offload and GSO/GRO plumbing, send back-pressure, and the
-//! timer cadence. Doesn't own: any packet decision (the engine's) or setup (main's).
+//! Owns: the threads, reading batches (TUN offload splitting, UDP GRO), handing each packet
+//! to the fast path or the engine, and the timer cadence. Doesn't own: any packet decision
+//! (the engine's), the outgoing batches and sends (`batch`), or setup (main's).
 //!
 //! Each wakeup drains up to a budget of batches from each ready source:
 //! - TUN → UDP: with TUN offload the kernel hands us TCP super-packets of up to 64 KiB; tun-rs
@@ -39,8 +40,6 @@
 //! the kernel's choice and the engine forgets the address until the peer's next packet.
 
 use std::io::{self, IoSliceMut};
-use std::net::IpAddr;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -48,15 +47,14 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use sitelink_engine::{handshake, DataPath, Engine, Fast, Instant, Received};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::batch::{offset_in, send, Gso, Out, SendNotes, TunBatch, MAX_PACKET};
 use crate::handshakes;
 use crate::udp::{canonical, canonical_ip, Udp};
 
-/// Largest IP packet or coalesced datagram buffer we ever handle.
-const MAX_PACKET: usize = 65536;
 /// Batches drained from one source before the loop looks at the other and at timers.
 const BUDGET: usize = 16;
 /// Free packet buffers a TUN read must have: a 64 KiB TCP super-packet splits into at most
@@ -64,8 +62,6 @@ const BUDGET: usize = 16;
 /// as many, so that small packets (a read each) fill a batch; they are touched only as far as
 /// packets reach, so the unused ones cost address space, not memory.
 const SPLIT_ROOM: usize = IDEAL_BATCH_SIZE;
-/// How long one send may wait for socket buffer space before the datagram is dropped.
-const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What the control plane asks of the packet loop.
 pub enum Command {
@@ -370,7 +366,7 @@ fn run_queue(queue: Queue, common: &Common<'_>, timers: bool) -> io::Result<()> 
                 next_tick = engine
                     .poll_timeout()
                     .map_or(now + IDLE_WAKE, |(at, _)| at.min(now + IDLE_WAKE));
-                io.drain_engine(&mut engine, &mut bufs.scratch);
+                io.drain_engine(&mut engine, &mut bufs.slow_scratch);
             }
         }
         if ready[1] {
@@ -443,8 +439,8 @@ struct Buffers {
     /// UDP receive buffers (each may hold several GRO-coalesced datagrams).
     udp_bufs: Vec<Vec<u8>>,
     udp_meta: Vec<RecvMeta>,
-    /// Engine output scratch: the fast path's, and the engine's for packets it hands back.
-    scratch: Vec<u8>,
+    /// The engine's output (packets the fast path handed back, timers' sends); the fast
+    /// path writes into the outgoing batches themselves.
     slow_scratch: Vec<u8>,
 }
 
@@ -458,7 +454,6 @@ impl Buffers {
             tun_sizes: vec![0; 2 * SPLIT_ROOM],
             udp_bufs: (0..BATCH_SIZE).map(|_| vec![0; MAX_PACKET]).collect(),
             udp_meta: vec![RecvMeta::default(); BATCH_SIZE],
-            scratch: vec![0; MAX_PACKET + 64],
             slow_scratch: vec![0; MAX_PACKET + 64],
         }
     }
@@ -595,22 +590,37 @@ impl Io<'_> {
                 crate::mss::clamp(&mut pkt[..size], clamp_to);
             }
             let packet = &pkt[..size];
-            let out = match self.data.encrypt(now, packet, &mut b.scratch) {
-                Fast::Network(t) => Some(t),
-                Fast::Done | Fast::Tunnel(_) => None,
-                Fast::Slow => slow
-                    .get_or_insert_with(|| lock(engine))
-                    .handle_tunnel_packet(now, packet, &mut b.slow_scratch),
-            };
-            if let Some(t) = out {
-                let (dst, src) = (t.dst, t.src);
-                if !self
-                    .gso
-                    .fits(dst, src, t.payload.len(), self.state.max_gso_segments())
-                {
-                    self.gso.flush(&self.udp, &self.state, &mut self.stale);
+            // Encrypted onto the end of the GSO run; the engine's slow path writes into its
+            // own buffer, copied from there.
+            let room = self.gso.room();
+            let base = room.as_ptr();
+            let placed = match self.data.encrypt(now, packet, room) {
+                Fast::Network(t) => {
+                    Some((offset_in(base, t.payload), t.payload.len(), t.dst, t.src))
                 }
-                self.gso.push(dst, src, t.payload);
+                Fast::Done | Fast::Tunnel(_) => None,
+                Fast::Slow => {
+                    let out = Out {
+                        udp: &self.udp,
+                        state: &self.state,
+                        notes: &mut self.stale,
+                    };
+                    if let Some(t) = slow
+                        .get_or_insert_with(|| lock(engine))
+                        .handle_tunnel_packet(now, packet, &mut b.slow_scratch)
+                    {
+                        self.gso.push((t.dst, t.src), t.payload, out);
+                    }
+                    None
+                }
+            };
+            if let Some((start, len, dst, src)) = placed {
+                let out = Out {
+                    udp: &self.udp,
+                    state: &self.state,
+                    notes: &mut self.stale,
+                };
+                self.gso.commit((start, len), (dst, src), out);
             }
         }
         self.gso.flush(&self.udp, &self.state, &mut self.stale);
@@ -661,11 +671,16 @@ impl Io<'_> {
                     handshakes.push((from, local, datagram));
                     continue;
                 }
-                let packet = match self
-                    .data
-                    .decrypt(now, from, local, datagram, &mut b.scratch)
-                {
-                    Fast::Tunnel(packet) => Some(packet),
+                let clamp_to = self.mss_clamp.load(Ordering::Relaxed);
+                // Decrypted straight into the TUN batch's next buffer.
+                let room = self.out.room();
+                let base = room.as_ptr();
+                let packet = match self.data.decrypt(now, from, local, datagram, room) {
+                    Fast::Tunnel(packet) => {
+                        let placed = (offset_in(base, packet), packet.len());
+                        self.out.commit(placed.0, placed.1, clamp_to);
+                        None
+                    }
                     Fast::Done | Fast::Network(_) => None,
                     Fast::Slow => {
                         let engine = slow.get_or_insert_with(|| lock(engine));
@@ -686,11 +701,10 @@ impl Io<'_> {
                     }
                 };
                 if let Some(packet) = packet {
-                    self.out
-                        .push(packet, self.mss_clamp.load(Ordering::Relaxed));
-                    if self.out.is_full() {
-                        self.out.flush(self.tun, &mut self.gro);
-                    }
+                    self.out.push(packet, clamp_to);
+                }
+                if self.out.is_full() {
+                    self.out.flush(self.tun, &mut self.gro);
                 }
             }
         }
@@ -735,195 +749,6 @@ fn note_deadline(engine: &Engine, next_tick: &mut Instant) {
     }
 }
 
-/// Encrypted IP packets waiting for one GRO-coalesced write to the TUN device. Each buffer
-/// keeps `VIRTIO_NET_HDR_LEN` bytes of headroom for the virtio header tun-rs writes.
-#[derive(Default)]
-struct TunBatch {
-    bufs: Vec<Vec<u8>>,
-    len: usize,
-}
-
-impl TunBatch {
-    /// Queues a decrypted packet, its TCP SYN's MSS clamped to `clamp_to` (0: off).
-    fn push(&mut self, packet: &[u8], clamp_to: u16) {
-        if self.len == self.bufs.len() {
-            self.bufs
-                .push(Vec::with_capacity(MAX_PACKET + VIRTIO_NET_HDR_LEN));
-        }
-        let v = &mut self.bufs[self.len];
-        v.clear();
-        v.resize(VIRTIO_NET_HDR_LEN, 0);
-        v.extend_from_slice(packet);
-        if clamp_to != 0 {
-            crate::mss::clamp(&mut v[VIRTIO_NET_HDR_LEN..], clamp_to);
-        }
-        self.len += 1;
-    }
-
-    fn is_full(&self) -> bool {
-        self.len >= IDEAL_BATCH_SIZE
-    }
-
-    fn flush(&mut self, tun: &SyncDevice, gro: &mut GROTable) {
-        if self.len == 0 {
-            return;
-        }
-        if let Err(e) = tun.send_multiple(gro, &mut self.bufs[..self.len], VIRTIO_NET_HDR_LEN) {
-            tracing::debug!(error = %e, "TUN write failed for part of a batch");
-        }
-        self.len = 0;
-    }
-}
-
-/// A run of equal-sized datagrams to one destination from one source, sent with one UDP GSO
-/// send (the last datagram may be shorter; after it the run is closed).
-#[derive(Default)]
-struct Gso {
-    buf: Vec<u8>,
-    dst: Option<SocketAddr>,
-    src: Option<IpAddr>,
-    segment: usize,
-    count: usize,
-    closed: bool,
-}
-
-impl Gso {
-    fn fits(&self, dst: SocketAddr, src: Option<IpAddr>, len: usize, max_segments: usize) -> bool {
-        self.count == 0
-            || (self.dst == Some(dst)
-                && self.src == src
-                && !self.closed
-                && len <= self.segment
-                && self.count < max_segments.min(64)
-                && self.buf.len() + len <= MAX_PACKET - 1024)
-    }
-
-    fn push(&mut self, dst: SocketAddr, src: Option<IpAddr>, payload: &[u8]) {
-        if self.count == 0 {
-            self.dst = Some(dst);
-            self.src = src;
-            self.segment = payload.len();
-            self.closed = false;
-        } else if payload.len() < self.segment {
-            self.closed = true;
-        }
-        self.buf.extend_from_slice(payload);
-        self.count += 1;
-    }
-
-    fn flush(&mut self, udp: &Udp, state: &UdpSocketState, notes: &mut SendNotes) {
-        if let (Some(dst), true) = (self.dst, self.count > 0) {
-            let segment = (self.count > 1).then_some(self.segment);
-            send(udp, state, (dst, self.src), &self.buf, segment, notes);
-        }
-        self.buf.clear();
-        self.count = 0;
-        self.dst = None;
-    }
-}
-
-/// What sends found out, for the engine: sticky sources that had gone, and destinations a
-/// send failed to (with the error), at most one entry per destination.
-#[derive(Default)]
-pub(crate) struct SendNotes {
-    pub stale: Vec<(SocketAddr, IpAddr)>,
-    pub failed: Vec<(SocketAddr, String)>,
-}
-
-impl SendNotes {
-    pub fn is_empty(&self) -> bool {
-        self.stale.is_empty() && self.failed.is_empty()
-    }
-
-    /// Hands the notes to the engine: sticky sources forgotten, send errors on the peers'
-    /// records (`last_error` "send: ...").
-    pub fn report(&mut self, engine: &mut Engine) {
-        for (dst, src) in self.stale.drain(..) {
-            tracing::info!(%dst, %src, "local address gone; replies go from the kernel's choice until the peer's next packet");
-            engine.forget_source(dst, src);
-        }
-        for (dst, error) in self.failed.drain(..) {
-            engine.note_send_error(dst, &error);
-        }
-    }
-
-    fn send_failed(&mut self, dst: SocketAddr, error: &io::Error) {
-        // Bounded: a batch of failing sends to many peers notes the first 64.
-        if self.failed.len() < 64 && !self.failed.iter().any(|(d, _)| *d == dst) {
-            self.failed.push((dst, error.to_string()));
-        }
-    }
-}
-
-/// Sends one datagram (or GSO run) to `to.0` from local address `to.1` (or the kernel's
-/// choice), waiting for buffer space up to `SEND_PATIENCE`: that is the back-pressure that
-/// slows TCP down instead of dropping its packets. A source address the kernel refuses (gone
-/// from the host) is dropped for this send and recorded in `stale`.
-pub(crate) fn send(
-    udp: &Udp,
-    state: &UdpSocketState,
-    to: (SocketAddr, Option<IpAddr>),
-    contents: &[u8],
-    segment_size: Option<usize>,
-    notes: &mut SendNotes,
-) {
-    let (dst, mut src) = to;
-    // A source the kernel found no route from, retried without it: stale if that works.
-    let mut unroutable = None;
-    let deadline = std::time::Instant::now() + SEND_PATIENCE;
-    loop {
-        let transmit = Transmit {
-            destination: udp.to_socket(dst),
-            ecn: None,
-            contents,
-            segment_size,
-            src_ip: src,
-        };
-        match state.try_send((&udp.socket).into(), &transmit) {
-            Ok(()) => {
-                notes.stale.extend(unroutable.map(|gone| (dst, gone)));
-                return;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    tracing::debug!(%dst, "UDP send buffer full; dropped datagram");
-                    return;
-                }
-                let _ = poll_fd(
-                    udp.socket.as_raw_fd(),
-                    libc::POLLOUT,
-                    left.min(Duration::from_millis(100)),
-                );
-            }
-            Err(e)
-                if src.is_some()
-                    && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL)) =>
-            {
-                if let Some(gone) = src.take() {
-                    notes.stale.push((dst, gone));
-                }
-            }
-            // Our address left together with its subnet's route (a WAN renumbered): the
-            // kernel finds no route from it. The kernel's own choice may still have one.
-            Err(e)
-                if src.is_some()
-                    && matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
-                    ) =>
-            {
-                unroutable = src.take();
-            }
-            Err(e) => {
-                tracing::debug!(%dst, error = %e, "UDP send failed");
-                notes.send_failed(dst, &e);
-                return;
-            }
-        }
-    }
-}
-
 /// poll(2) for readability on up to three fds. Returns which are readable (or in error, so
 /// the read reports it).
 fn poll_readable(fds: &[RawFd; 3], timeout: Duration) -> io::Result<[bool; 3]> {
@@ -944,19 +769,4 @@ fn poll_readable(fds: &[RawFd; 3], timeout: Duration) -> io::Result<[bool; 3]> {
         return Err(e);
     }
     Ok(pfds.map(|p| p.revents != 0))
-}
-
-fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(1000) as libc::c_int;
-    // SAFETY: one initialised pollfd, count 1; poll only writes `revents`.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc > 0)
 }

@@ -20,7 +20,8 @@ use sitelink_config::control::HandshakeCounters;
 use sitelink_engine::handshake::{HandshakeGate, SourceLimits, Verdict};
 use sitelink_engine::{Engine, Instant, Received};
 
-use crate::dataplane::{self, lock};
+use crate::batch;
+use crate::dataplane::lock;
 use crate::udp::Udp;
 
 /// Messages the queue holds (the kernel module's MAX_QUEUED_INCOMING_HANDSHAKES).
@@ -292,10 +293,10 @@ impl Outbox {
     }
 
     /// Sends everything; returns what the sends found out (gone sources, errors).
-    fn send(&mut self, udp: &Udp, state: &UdpSocketState) -> dataplane::SendNotes {
-        let mut notes = dataplane::SendNotes::default();
+    fn send(&mut self, udp: &Udp, state: &UdpSocketState) -> batch::SendNotes {
+        let mut notes = batch::SendNotes::default();
         for (dst, src, payload) in self.items.drain(..) {
-            dataplane::send(udp, state, (dst, src), &payload, None, &mut notes);
+            batch::send(udp, state, (dst, src), &payload, None, &mut notes);
         }
         notes
     }

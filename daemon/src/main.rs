@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod access;
+mod batch;
 mod control;
 mod dataplane;
 mod dns;
