@@ -203,7 +203,11 @@ fn hub(n: u8) -> (Engine, Vec<Engine>, SocketAddr) {
 
 fn threads(c: &mut Criterion) {
     const PEERS: u8 = 4;
-    const PER_PEER: usize = 500;
+    // Packets per peer per iteration. Each iteration spawns and joins its threads (and the
+    // second thread first wakes an idle vCPU): at 500 packets (2.8 MB, a few milliseconds
+    // an iteration) that fixed cost weighed on the 2-thread time; at 4000 (23 MB, tens of
+    // milliseconds) it is amortised.
+    const PER_PEER: usize = 4000;
     let (hub, spokes, hub_addr) = hub(PEERS);
     let hub_path = hub.data_path();
     let spoke_paths: Vec<_> = spokes.iter().map(Engine::data_path).collect();
@@ -222,6 +226,9 @@ fn threads(c: &mut Criterion) {
         }
     };
     let mut g = c.benchmark_group("data path threads");
+    // 10 samples of 1..10 iterations (scaled to the measurement time) instead of 100: an
+    // iteration is tens of milliseconds.
+    g.sample_size(10);
     g.throughput(Throughput::Bytes(u64::from(PEERS) * PER_PEER as u64 * 1420));
     for n in [1usize, 2] {
         g.bench_function(
