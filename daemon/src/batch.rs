@@ -211,13 +211,13 @@ impl Gso {
         &mut self,
         placed: (usize, usize),
         to: (SocketAddr, Option<IpAddr>),
-        out: Out<'_>,
+        out: &mut Out<'_>,
     ) {
         let (start, len) = placed;
         // Where it was written, counted from the run's start (the room moves with a flush).
         let at = self.buf.len + start;
         if !self.fits(to.0, to.1, len, out.state.max_gso_segments()) {
-            self.flush(out.udp, out.state, out.notes);
+            self.flush(out);
         }
         self.append(at, len, to);
     }
@@ -243,21 +243,21 @@ impl Gso {
     }
 
     /// Adds a copy of `payload` (a datagram the engine encrypted into its own buffer).
-    pub fn push(&mut self, to: (SocketAddr, Option<IpAddr>), payload: &[u8], out: Out<'_>) {
+    pub fn push(&mut self, to: (SocketAddr, Option<IpAddr>), payload: &[u8], out: &mut Out<'_>) {
         self.room()[..payload.len()].copy_from_slice(payload);
         self.commit((0, payload.len()), to, out);
     }
 
-    pub fn flush(&mut self, udp: &Udp, state: &UdpSocketState, notes: &mut SendNotes) {
+    pub fn flush(&mut self, out: &mut Out<'_>) {
         if let (Some(dst), true) = (self.dst, self.count > 0) {
             let segment = (self.count > 1).then_some(self.segment);
             send(
-                udp,
-                state,
+                out.udp,
+                out.state,
                 (dst, self.src),
                 self.buf.as_ref(),
                 segment,
-                notes,
+                out.notes,
             );
         }
         self.buf.set_len(0);
@@ -266,7 +266,7 @@ impl Gso {
     }
 }
 
-/// Where a run is sent when a datagram cannot join it.
+/// Where a run is sent: when a datagram cannot join it, and at the end of a batch.
 pub struct Out<'a> {
     pub udp: &'a Udp,
     pub state: &'a UdpSocketState,

@@ -585,6 +585,11 @@ impl Io<'_> {
         // batch: packets stay in order, and a batch costs at most one lock.
         let mut slow: Option<EngineGuard<'_>> = None;
         let now = Instant::now();
+        let mut out = Out {
+            udp: &self.udp,
+            state: &self.state,
+            notes: &mut self.stale,
+        };
         for (pkt, &size) in b.tun_pkts.iter_mut().zip(&b.tun_sizes).take(n) {
             if clamp_to != 0 {
                 crate::mss::clamp(&mut pkt[..size], clamp_to);
@@ -594,36 +599,26 @@ impl Io<'_> {
             // own buffer, copied from there.
             let room = self.gso.room();
             let base = room.as_ptr();
-            let placed = match self.data.encrypt(now, packet, room) {
+            match self.data.encrypt(now, packet, room) {
                 Fast::Network(t) => {
-                    Some((offset_in(base, t.payload), t.payload.len(), t.dst, t.src))
+                    let (placed, to) = (
+                        (offset_in(base, t.payload), t.payload.len()),
+                        (t.dst, t.src),
+                    );
+                    self.gso.commit(placed, to, &mut out);
                 }
-                Fast::Done | Fast::Tunnel(_) => None,
+                Fast::Done | Fast::Tunnel(_) => {}
                 Fast::Slow => {
-                    let out = Out {
-                        udp: &self.udp,
-                        state: &self.state,
-                        notes: &mut self.stale,
-                    };
                     if let Some(t) = slow
                         .get_or_insert_with(|| lock(engine))
                         .handle_tunnel_packet(now, packet, &mut b.slow_scratch)
                     {
-                        self.gso.push((t.dst, t.src), t.payload, out);
+                        self.gso.push((t.dst, t.src), t.payload, &mut out);
                     }
-                    None
                 }
-            };
-            if let Some((start, len, dst, src)) = placed {
-                let out = Out {
-                    udp: &self.udp,
-                    state: &self.state,
-                    notes: &mut self.stale,
-                };
-                self.gso.commit((start, len), (dst, src), out);
             }
         }
-        self.gso.flush(&self.udp, &self.state, &mut self.stale);
+        self.gso.flush(&mut out);
         if slow.is_some() || !self.stale.is_empty() {
             let mut engine = slow.unwrap_or_else(|| lock(engine));
             self.drain_engine(&mut engine, &mut b.slow_scratch);
