@@ -704,6 +704,11 @@ impl World {
         w
     }
 
+    /// Handshake messages this world has made or consumed (see [`HANDSHAKE_BUDGET`]).
+    pub fn handshakes(&self) -> u32 {
+        self.handshakes
+    }
+
     /// Whether the input has spent its [`HANDSHAKE_BUDGET`].
     pub fn spent(&self) -> bool {
         self.handshakes >= HANDSHAKE_BUDGET
