@@ -13,7 +13,7 @@ use sitelink_fuzz::engine::{run_input, HANDSHAKE_BUDGET};
 fn main() {
     let mut session = true;
     let mut costs: BTreeMap<u32, usize> = BTreeMap::new();
-    let (mut inputs, mut total, mut micros) = (0usize, 0u64, 0u128);
+    let mut micros = 0u128;
     for arg in std::env::args().skip(1) {
         if arg == "--no-session" {
             session = false;
@@ -27,17 +27,22 @@ fn main() {
             }
         };
         for entry in entries.flatten() {
-            let Ok(data) = std::fs::read(entry.path()) else {
-                continue;
+            let path = entry.path();
+            let data = match std::fs::read(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("input_cost: cannot read {}: {e}", path.display());
+                    std::process::exit(1);
+                }
             };
             let start = Instant::now();
             let cost = run_input(&data, session).handshakes();
             micros += start.elapsed().as_micros();
             *costs.entry(cost).or_default() += 1;
-            inputs += 1;
-            total += u64::from(cost);
         }
     }
+    let inputs: usize = costs.values().sum();
+    let total: u64 = costs.iter().map(|(&c, &n)| u64::from(c) * n as u64).sum();
     if inputs == 0 {
         eprintln!("input_cost: no inputs (give one or more corpus directories)");
         std::process::exit(1);
